@@ -69,7 +69,7 @@ class Codes:
         >>> c.to_bool().astype(int).tolist()
         [[1, 0, 1], [0, 1, 1]]
         >>> c.hamming(c).tolist()
-        [[0, 3], [3, 0]]
+        [[0, 2], [2, 0]]
     """
 
     __slots__ = ("_packed", "n_bits")

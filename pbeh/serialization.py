@@ -32,10 +32,11 @@ __all__ = [
     "atomic_path",
     "atomic_write_bytes",
     "check_format_version",
+    "load_safetensors",
     "read_json",
     "read_safetensors_metadata",
-    "load_safetensors",
     "save_safetensors",
+    "serialize_safetensors",
     "write_json",
 ]
 
@@ -118,6 +119,48 @@ def _header_metadata(kind: str, format_version: int, metadata: Mapping[str, Any]
     return out
 
 
+_DTYPE_CODES: dict[np.dtype[Any], str] = {
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint16): "U16",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.uint32): "U32",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.uint64): "U64",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float64): "F64",
+}
+
+
+def serialize_safetensors(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
+    """Encode arrays and string metadata in the safetensors format, deterministically.
+
+    The safetensors library writes its header from a hash map, so the same state can give different bytes from one
+    save to the next. pbeh writes the (simple, documented) format itself with sorted keys, so saving the same state
+    twice gives identical files; reading uses the safetensors library. Layout: 8-byte little-endian header length, a
+    JSON header padded with spaces to a multiple of 8 bytes, then the little-endian data of each tensor in key order.
+    """
+    header: dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in sorted(metadata.items())}}
+    chunks: list[bytes] = []
+    offset = 0
+    for name in sorted(tensors):
+        arr = np.asarray(tensors[name])
+        dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        code = _DTYPE_CODES.get(np.dtype(dtype.str.replace(">", "<")))
+        if code is None:
+            raise TypeError(f"tensors[{name!r}]: dtype {arr.dtype} cannot be stored in safetensors by pbeh")
+        data = np.ascontiguousarray(arr, dtype=dtype.newbyteorder("<")).tobytes()
+        header[str(name)] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    raw = json.dumps(header, separators=(",", ":"), sort_keys=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw + b"".join(chunks)
+
+
 def save_safetensors(
     path: PathLike,
     tensors: Mapping[str, np.ndarray],
@@ -128,14 +171,11 @@ def save_safetensors(
 ) -> None:
     """Save numpy arrays and metadata to a safetensors file, atomically.
 
-    Non-string metadata values are stored as JSON text; :func:`load_safetensors` returns them as strings, so a reader
-    decodes what it encoded. Arrays are made C-contiguous. The output bytes are a pure function of the arguments
-    (keys are sorted), so saving the same state twice gives identical files.
+    Non-string metadata values are stored as JSON text; :func:`load_safetensors` returns them as strings, so a
+    reader decodes what it encoded. The output bytes are a pure function of the arguments (keys are sorted), so
+    saving the same state twice gives identical files.
     """
-    from safetensors.numpy import save
-
-    arrays = {str(k): np.ascontiguousarray(v) for k, v in sorted(tensors.items())}
-    data = save(arrays, metadata=_header_metadata(kind, format_version, metadata))
+    data = serialize_safetensors(tensors, _header_metadata(kind, format_version, metadata))
     atomic_write_bytes(path, data)
 
 
@@ -189,9 +229,7 @@ def check_format_version(path: PathLike, meta: Mapping[str, str], supported: int
         )
 
 
-def load_safetensors(
-    path: PathLike, *, kind: str, format_version: int
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def load_safetensors(path: PathLike, *, kind: str, format_version: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Load a pbeh safetensors file: its arrays and its metadata, after checking kind and format version."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
