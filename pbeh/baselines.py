@@ -1,0 +1,114 @@
+"""The methods pbeh is compared with, as ready-made trainer configurations.
+
+Each method is the same :class:`~pbeh.trainer.ContinualTrainer` with different parts switched on or off, so a
+comparison isolates what each part is worth:
+
+========================  ==================================================================================
+``"pbeh"``                pbeh's defaults: per-sample prompt attention, features and prompts on one scale,
+                          old bits frozen on extension, epoch selection on a validation split, mode-centre
+                          extension rule.
+``"pbeh-reference"``      PBEH as released: cross-batch attention, randn prompts on raw features, old bit rows
+                          keep training at 0.1·lr, epoch selection on the test queries (optimistic).
+``"fixed-length"``        pbeh's defaults, never extend.
+``"finetune"``            no prompt context and no anchor: heads fine-tuned task after task, never extended.
+``"joint"``               all tasks' training data at once (the upper bound; not continual).
+========================  ==================================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .data import TaskStream
+from .extension import ModeCenterRule, NeverExtend
+from .losses import LossWeights
+from .trainer import ContinualTrainer, TrainerConfig
+
+__all__ = ["METHODS", "build_trainer", "run_method"]
+
+METHODS = ("pbeh", "pbeh-reference", "fixed-length", "finetune", "joint")
+
+
+def build_trainer(
+    method: str,
+    stream: TaskStream,
+    *,
+    n_bits: int,
+    hidden_dims: Sequence[int] = (4096, 4096),
+    config: TrainerConfig | None = None,
+    rho: float = 0.1,
+    delta: int = 1,
+    seed: int = 2025,
+    **trainer_kwargs: Any,
+) -> ContinualTrainer:
+    """A trainer configured as ``method`` (one of :data:`METHODS`) for ``stream``'s feature widths."""
+    base = config or TrainerConfig()
+    weights = LossWeights()
+    pool_kwargs: dict[str, Any] = {}
+    normalize = True
+    policy: Any = ModeCenterRule(rho=rho, delta=delta)
+    if method == "pbeh":
+        cfg = base
+    elif method == "pbeh-reference":
+        cfg = dataclasses.replace(base, select_on="test", freeze_old_bits=False)
+        pool_kwargs = {"attention": "batch", "init_std": 1.0}
+        normalize = False
+    elif method == "fixed-length":
+        cfg = base
+        policy = NeverExtend()
+    elif method == "finetune":
+        cfg = base
+        policy = NeverExtend()
+        weights = dataclasses.replace(weights, anchor=0.0)
+        pool_kwargs = {"use_prompts": False}
+    elif method == "joint":
+        cfg = base
+        policy = NeverExtend()
+    else:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    return ContinualTrainer.for_stream(
+        stream,
+        n_bits=n_bits,
+        hidden_dims=hidden_dims,
+        normalize_features=normalize,
+        pool_kwargs=pool_kwargs,
+        model_seed=seed,
+        config=dataclasses.replace(cfg, seed=seed),
+        loss_weights=weights,
+        extension_policy=policy,
+        **trainer_kwargs,
+    )
+
+
+def run_method(
+    method: str,
+    stream: TaskStream,
+    *,
+    n_bits: int,
+    hidden_dims: Sequence[int] = (4096, 4096),
+    config: TrainerConfig | None = None,
+    rho: float = 0.1,
+    delta: int = 1,
+    seed: int = 2025,
+) -> tuple[ContinualTrainer, dict[str, Any]]:
+    """Train ``method`` on ``stream`` and return the trainer and its summary (with ``seconds``).
+
+    ``"joint"`` trains one model on all tasks merged, then stores and evaluates each task's database with it, so its
+    summary has the same fields as the continual methods' (its matrix has only a final row).
+    """
+    started = time.perf_counter()
+    trainer = build_trainer(
+        method, stream, n_bits=n_bits, hidden_dims=hidden_dims, config=config, rho=rho, delta=delta, seed=seed
+    )
+    if method == "joint":
+        trainer.fit([stream.joint()], resume=False)
+        trainer = trainer.evaluate_stream(stream)
+    else:
+        trainer.fit(stream, resume=False)
+    summary = trainer.summary()
+    summary["seconds"] = time.perf_counter() - started
+    summary["method"] = method
+    return trainer, summary

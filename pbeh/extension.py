@@ -1,0 +1,486 @@
+"""Extension policies: after each task, decide whether to widen the hash code before the next one.
+
+PBEH grows its Hamming space when the stored codes crowd: :class:`ModeCenterRule` is the released rule
+(REFERENCE.md §2, "dynamic Hamming-space extension"). :class:`NeverExtend` (fixed length, the ablation ``rho = 1``)
+and :class:`FixedSchedule` (a predetermined number of new bits per task) are the baselines. Every policy answers with
+an :class:`ExtensionDecision` that says how many bits to add and why, with the numbers, and round-trips through
+:meth:`ExtensionPolicy.to_config` / :func:`extension_policy_from_config` for checkpoints.
+
+:func:`code_collapse_report` summarises a batch of codes (constant bits, distinct codes) so that the trainer can warn
+when codes collapse.
+
+Example:
+    >>> import numpy as np
+    >>> from pbeh.codes import Codes
+    >>> rng = np.random.default_rng(0)
+    >>> codes = Codes.from_bool(rng.random((100, 16)) < 0.5)  # random codes: far from any centre
+    >>> decision = ModeCenterRule(rho=0.1, delta=1).decide(image_codes=codes, text_codes=codes, task=0)
+    >>> decision.n_new_bits
+    1
+    >>> policy = extension_policy_from_config(ModeCenterRule(rho=0.02).to_config())
+    >>> policy
+    ModeCenterRule(rho=0.02, delta=1)
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from .codes import Codes, popcount
+
+__all__ = [
+    "ExtensionDecision",
+    "ExtensionPolicy",
+    "FixedSchedule",
+    "ModeCenterRule",
+    "NeverExtend",
+    "code_collapse_report",
+    "extension_policy_from_config",
+    "make_extension_policy",
+    "mode_center",
+    "mode_center_distances",
+]
+
+_logger = logging.getLogger(__name__)
+
+# Rows unpacked at a time when counting bits (bounds the temporary boolean array to about 64 MB at 1024 bits).
+_CHUNK_ROWS = 65536
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+def _check_codes(codes: Any, name: str) -> Codes:
+    if not isinstance(codes, Codes):
+        raise TypeError(f"{name}: expected pbeh.Codes, got {type(codes).__name__}; wrap arrays with Codes.from_*")
+    return codes
+
+
+def _check_int(value: Any, name: str, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+def _ones_per_bit(codes: Codes) -> np.ndarray:
+    """Number of codes with bit ``j`` set, for every bit ``j`` (int64 ``(n_bits,)``)."""
+    ones = np.zeros(codes.n_bits, dtype=np.int64)
+    packed = codes.packed
+    for start in range(0, len(codes), _CHUNK_ROWS):
+        block = np.unpackbits(packed[start : start + _CHUNK_ROWS], axis=1, count=codes.n_bits, bitorder="big")
+        ones += block.sum(axis=0, dtype=np.int64)
+    return ones
+
+
+def mode_center(codes: Codes) -> np.ndarray:
+    """Per-bit majority centre ``c = sign(Σ_i b_i)`` in ±1 arithmetic (bit 1 ↔ +1, bit 0 ↔ −1).
+
+    Args:
+        codes: ``n`` codes of one length.
+
+    Returns:
+        ``int8 (n_bits,)`` with values in ``{−1, 0, +1}``; 0 where a bit is set in exactly half of the codes (and
+        everywhere when ``codes`` is empty).
+
+    Example:
+        >>> mode_center(Codes.from_bool([[1, 0, 1], [1, 1, 0]])).tolist()
+        [1, 0, 0]
+    """
+    codes = _check_codes(codes, "codes")
+    column_sums = 2 * _ones_per_bit(codes) - len(codes)  # Σ_i b_i with b in {−1, +1}
+    return np.sign(column_sums).astype(np.int8)
+
+
+def mode_center_distances(codes: Codes, center: np.ndarray | None = None) -> np.ndarray:
+    """Hamming distance of every code to a ±1/0 centre (default: the codes' :func:`mode_center`).
+
+    A centre entry of 0 (a tied bit) counts as a difference for **every** code, as in the reference, which compares
+    the ±1 codes with the centre by ``!=``.
+
+    Args:
+        codes: ``n`` codes of length ``K``.
+        center: ``(K,)`` values in ``{−1, 0, +1}``; ``None`` computes :func:`mode_center` of ``codes``.
+
+    Returns:
+        ``int64 (n,)`` distances in ``[0, K]``.
+
+    Example:
+        >>> mode_center_distances(Codes.from_bool([[1, 0, 1], [1, 1, 0]])).tolist()  # two tied bits
+        [2, 2]
+    """
+    codes = _check_codes(codes, "codes")
+    if center is None:
+        center = mode_center(codes)
+    center = np.asarray(center)
+    if center.shape != (codes.n_bits,):
+        raise ValueError(f"center: expected shape ({codes.n_bits},) like the codes, got {center.shape}")
+    if not np.isin(center, (-1, 0, 1)).all():
+        raise ValueError("center: expected values in {-1, 0, +1}")
+    center_bits = Codes.from_bool((center > 0)[None, :]).packed  # +1 → bit 1
+    decided = Codes.from_bool((center != 0)[None, :]).packed  # bits where the centre is ±1
+    n_tied = int(np.count_nonzero(center == 0))
+    out = np.empty(len(codes), dtype=np.int64)
+    packed = codes.packed
+    for start in range(0, len(codes), _CHUNK_ROWS):
+        block = (packed[start : start + _CHUNK_ROWS] ^ center_bits) & decided
+        out[start : start + _CHUNK_ROWS] = popcount(block).sum(axis=1, dtype=np.int64) + n_tied
+    return out
+
+
+def _percent(x: float) -> str:
+    return f"{100.0 * x:.3g}%"
+
+
+# ---------------------------------------------------------------------------------------------------- decisions
+@dataclasses.dataclass(frozen=True)
+class ExtensionDecision:
+    """What a policy decided after a task.
+
+    Attributes:
+        n_new_bits: how many bits to append before the next task (0: keep the length).
+        reason: a human-readable explanation, with the numbers behind it.
+        stats: the numbers (e.g. crowded fraction per modality, threshold), for logging.
+    """
+
+    n_new_bits: int
+    reason: str
+    stats: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_int(self.n_new_bits, "n_new_bits", minimum=0)
+        if not isinstance(self.reason, str):
+            raise TypeError(f"reason: expected a str, got {type(self.reason).__name__}")
+
+    @property
+    def extend(self) -> bool:
+        """Whether the code grows (``n_new_bits > 0``)."""
+        return self.n_new_bits > 0
+
+
+class ExtensionPolicy(abc.ABC):
+    """Decides after each task whether to widen the code before the next task.
+
+    Subclasses set :attr:`name` (the registry name used by :func:`make_extension_policy`), implement :meth:`decide`
+    and :meth:`to_config`; ``extension_policy_from_config(policy.to_config())`` must rebuild an equal policy.
+    """
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def decide(self, *, image_codes: Codes, text_codes: Codes, task: int) -> ExtensionDecision:
+        """Decide after task ``task`` (0-based).
+
+        Args:
+            image_codes: all stored image codes whose length equals the newest code length (the caller gathers them
+                over the tasks encoded at that length).
+            text_codes: the same for texts.
+            task: index of the task just finished.
+        """
+
+    @abc.abstractmethod
+    def to_config(self) -> dict[str, Any]:
+        """JSON-friendly config, including ``"name"``; see :func:`extension_policy_from_config`."""
+
+    def _check_inputs(self, image_codes: Any, text_codes: Any, task: Any) -> tuple[Codes, Codes, int]:
+        image_codes = _check_codes(image_codes, "image_codes")
+        text_codes = _check_codes(text_codes, "text_codes")
+        if image_codes.n_bits != text_codes.n_bits:
+            raise ValueError(
+                f"image_codes, text_codes: expected codes of the same (newest) length, got {image_codes.n_bits} "
+                f"and {text_codes.n_bits} bits"
+            )
+        return image_codes, text_codes, _check_int(task, "task", minimum=0)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ExtensionPolicy):
+            return NotImplemented
+        return type(self) is type(other) and self.to_config() == other.to_config()
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+class ModeCenterRule(ExtensionPolicy):
+    """PBEH's rule: extend when too many stored codes lie far from their modality's mode centre.
+
+    Per modality, over the ``N`` stored codes of the newest length ``K``:
+
+    1. the mode centre ``c = sign(Σ_i b_i)`` in ±1 arithmetic (:func:`mode_center`); a bit that sums to 0 gives
+       ``c = 0`` there and **every** code counts as differing at that bit;
+    2. ``count = #{i : Ham(b_i, c) > K/2}`` (strictly greater);
+    3. if ``count > rho · N`` (strictly) for the images **or** for the texts, extend by ``delta`` bits.
+
+    ``rho = 1`` never extends (the count cannot exceed ``N``); ``rho = 0`` extends as soon as one code is far.
+
+    Note (ARCHITECTURE.md point 6): the rule measures spread around one centre, not collisions. A small task with
+    well-trained, clustered codes has few codes beyond ``K/2`` from the majority code, so on small tasks the rule may
+    never fire; the decision's ``reason`` shows the fractions so that this is visible.
+
+    Args:
+        rho: crowding ratio in ``[0, 1]`` (the reference's ``error_samples_ratio``; 0.1 by default, 0.02 in its
+            scripts).
+        delta: bits added per extension (>= 1; the reference's ``extend_bit``).
+
+    Example:
+        >>> codes = Codes.from_bool(np.tile([[1, 1, 0, 0]], (10, 1)))  # all equal: distance 0 to the centre
+        >>> d = ModeCenterRule().decide(image_codes=codes, text_codes=codes, task=0)
+        >>> d.n_new_bits, d.stats["image_far_fraction"]
+        (0, 0.0)
+    """
+
+    name = "mode-center"
+
+    def __init__(self, *, rho: float = 0.1, delta: int = 1) -> None:
+        if isinstance(rho, bool) or not isinstance(rho, (int, float, np.floating, np.integer)):
+            raise TypeError(f"rho: expected a number in [0, 1], got {type(rho).__name__}")
+        if not (math.isfinite(rho) and 0.0 <= rho <= 1.0):
+            raise ValueError(f"rho: expected a number in [0, 1], got {rho}")
+        self.rho = float(rho)
+        self.delta = _check_int(delta, "delta", minimum=1)
+
+    def __repr__(self) -> str:
+        return f"ModeCenterRule(rho={self.rho}, delta={self.delta})"
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "rho": self.rho, "delta": self.delta}
+
+    def decide(self, *, image_codes: Codes, text_codes: Codes, task: int) -> ExtensionDecision:
+        image_codes, text_codes, task = self._check_inputs(image_codes, text_codes, task)
+        n_bits = image_codes.n_bits
+        stats: dict[str, float] = {"n_bits": float(n_bits), "rho": self.rho, "delta": float(self.delta)}
+        crowded: list[str] = []
+        parts: list[str] = []
+        for modality, codes in (("image", image_codes), ("text", text_codes)):
+            n = len(codes)
+            center = mode_center(codes)
+            far = int(np.count_nonzero(2 * mode_center_distances(codes, center) > n_bits)) if n else 0
+            threshold = n * self.rho  # the reference compares count > N * rho in floating point
+            fraction = far / n if n else 0.0
+            stats.update(
+                {
+                    f"n_{modality}": float(n),
+                    f"{modality}_far_count": float(far),
+                    f"{modality}_far_fraction": fraction,
+                    f"{modality}_threshold_count": threshold,
+                    f"{modality}_tied_bits": float(np.count_nonzero(center == 0)) if n else 0.0,
+                }
+            )
+            if far > threshold:
+                crowded.append(modality)
+            parts.append(f"{modality} {_percent(fraction)} ({far}/{n})")
+        summary = (
+            f"after task {task}: codes farther than K/2={n_bits / 2:g} bits from their mode centre: "
+            f"{', '.join(parts)}; threshold rho={_percent(self.rho)}"
+        )
+        if crowded:
+            decision = ExtensionDecision(
+                self.delta,
+                f"extend {n_bits} -> {n_bits + self.delta} bits: {' and '.join(crowded)} above threshold; {summary}",
+                stats,
+            )
+        else:
+            decision = ExtensionDecision(0, f"keep {n_bits} bits: no modality above threshold; {summary}", stats)
+        _logger.info("ModeCenterRule: %s", decision.reason)
+        return decision
+
+
+class NeverExtend(ExtensionPolicy):
+    """Fixed code length: never extends (PBEH without extension, the reference's ``rho = 1``).
+
+    Example:
+        >>> c = Codes.from_bool([[1, 0]])
+        >>> NeverExtend().decide(image_codes=c, text_codes=c, task=3).n_new_bits
+        0
+    """
+
+    name = "never"
+
+    def __repr__(self) -> str:
+        return "NeverExtend()"
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def decide(self, *, image_codes: Codes, text_codes: Codes, task: int) -> ExtensionDecision:
+        image_codes, _, task = self._check_inputs(image_codes, text_codes, task)
+        return ExtensionDecision(
+            0, f"keep {image_codes.n_bits} bits after task {task}: policy 'never' keeps the length fixed", {}
+        )
+
+
+class FixedSchedule(ExtensionPolicy):
+    """A predetermined number of new bits after each task, whatever the codes look like.
+
+    Give exactly one of ``bits_per_task`` (the same after every task) or ``schedule`` (``{task: n_new_bits}``,
+    tasks not listed add nothing). The task is the one just finished: ``schedule={0: 8}`` widens the code by 8 bits
+    before task 1.
+
+    Args:
+        bits_per_task: bits added after every task (>= 0).
+        schedule: bits added after specific tasks (keys: task indices >= 0; values >= 0).
+
+    Example:
+        >>> c = Codes.from_bool([[1, 0]])
+        >>> policy = FixedSchedule(schedule={1: 4})
+        >>> [policy.decide(image_codes=c, text_codes=c, task=t).n_new_bits for t in range(3)]
+        [0, 4, 0]
+    """
+
+    name = "fixed"
+
+    def __init__(self, *, bits_per_task: int | None = None, schedule: Mapping[int, int] | None = None) -> None:
+        if (bits_per_task is None) == (schedule is None):
+            raise ValueError(
+                f"bits_per_task, schedule: expected exactly one of them, got bits_per_task={bits_per_task!r} and "
+                f"schedule={schedule!r}"
+            )
+        self.bits_per_task = None if bits_per_task is None else _check_int(bits_per_task, "bits_per_task", minimum=0)
+        self.schedule: dict[int, int] | None = None
+        if schedule is not None:
+            if not isinstance(schedule, Mapping):
+                raise TypeError(f"schedule: expected a mapping {{task: n_new_bits}}, got {type(schedule).__name__}")
+            self.schedule = {
+                _check_int(task, "schedule key (task)", minimum=0): _check_int(bits, f"schedule[{task}]", minimum=0)
+                for task, bits in sorted(schedule.items())
+            }
+
+    def __repr__(self) -> str:
+        if self.schedule is None:
+            return f"FixedSchedule(bits_per_task={self.bits_per_task})"
+        return f"FixedSchedule(schedule={self.schedule})"
+
+    def to_config(self) -> dict[str, Any]:
+        if self.schedule is None:
+            return {"name": self.name, "bits_per_task": self.bits_per_task}
+        # JSON object keys are strings; extension_policy_from_config turns them back into ints.
+        return {"name": self.name, "schedule": {str(task): bits for task, bits in self.schedule.items()}}
+
+    def decide(self, *, image_codes: Codes, text_codes: Codes, task: int) -> ExtensionDecision:
+        image_codes, _, task = self._check_inputs(image_codes, text_codes, task)
+        if self.schedule is None:
+            n_new = self.bits_per_task
+            source = f"bits_per_task={self.bits_per_task}"
+        else:
+            n_new = self.schedule.get(task, 0)
+            if task in self.schedule:
+                source = f"schedule lists {n_new} bits after task {task}"
+            else:
+                source = f"task {task} not in the schedule"
+        n_bits = image_codes.n_bits
+        action = f"extend {n_bits} -> {n_bits + n_new} bits" if n_new else f"keep {n_bits} bits"
+        return ExtensionDecision(n_new, f"{action} after task {task}: fixed schedule ({source})", {})
+
+
+# ---------------------------------------------------------------------------------------------------- registry
+_POLICIES: dict[str, type[ExtensionPolicy]] = {
+    ModeCenterRule.name: ModeCenterRule,
+    NeverExtend.name: NeverExtend,
+    FixedSchedule.name: FixedSchedule,
+}
+
+
+def make_extension_policy(name: str, **kwargs: Any) -> ExtensionPolicy:
+    """Build a policy by name: ``"mode-center"`` (:class:`ModeCenterRule`), ``"never"``, ``"fixed"``.
+
+    Example:
+        >>> make_extension_policy("mode-center", rho=0.02)
+        ModeCenterRule(rho=0.02, delta=1)
+    """
+    if name == "mode-center":
+        cls: type[ExtensionPolicy] = ModeCenterRule
+    elif name == "never":
+        cls = NeverExtend
+    elif name == "fixed":
+        cls = FixedSchedule
+    else:
+        raise ValueError(f"name: expected one of {sorted(_POLICIES)}, got {name!r}")
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        if "unexpected keyword" in str(error) or "takes no arguments" in str(error):
+            raise TypeError(f"{name!r} extension policy: unexpected option(s) {sorted(kwargs)} ({error})") from error
+        raise
+
+
+def extension_policy_from_config(config: Mapping[str, Any]) -> ExtensionPolicy:
+    """Rebuild a policy from :meth:`ExtensionPolicy.to_config` (also after a JSON round trip).
+
+    Example:
+        >>> extension_policy_from_config({"name": "fixed", "schedule": {"0": 2}})
+        FixedSchedule(schedule={0: 2})
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config: expected a mapping with a 'name' key, got {type(config).__name__}")
+    if "name" not in config:
+        raise ValueError(f"config: expected a 'name' key among {sorted(_POLICIES)}, got keys {sorted(config)}")
+    kwargs = {key: value for key, value in config.items() if key != "name"}
+    if config["name"] == "fixed" and isinstance(kwargs.get("schedule"), Mapping):
+        schedule = {}
+        for task, bits in kwargs["schedule"].items():
+            try:
+                schedule[int(task)] = bits
+            except (TypeError, ValueError):
+                raise ValueError(f"config['schedule']: expected integer task keys, got {task!r}") from None
+        kwargs["schedule"] = schedule
+    return make_extension_policy(config["name"], **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- collapse
+def code_collapse_report(codes: Codes) -> dict[str, Any]:
+    """Summary of how degenerate a batch of codes is (the trainer warns when codes collapse).
+
+    Keys:
+        ``n_codes``, ``n_bits``;
+        ``constant_bits``: indices of the bits with the same value in every code, ``n_constant_bits`` their count;
+        ``ones_fraction_min`` / ``ones_fraction_max``: the least / most often set bit's frequency;
+        ``n_distinct_codes``; ``most_common_code_fraction``: the share of the most frequent code;
+        ``all_equal``: every code is the same;
+        ``collapsed``: at least two codes and (a constant bit or all codes equal).
+
+    With fewer than two codes nothing can be judged: ``collapsed`` is False (and for zero codes the bit statistics
+    are empty/zero).
+
+    Example:
+        >>> report = code_collapse_report(Codes.from_bool([[1, 0, 1], [1, 1, 0], [1, 0, 0]]))
+        >>> report["constant_bits"], report["n_distinct_codes"], report["collapsed"]
+        ([0], 3, True)
+    """
+    codes = _check_codes(codes, "codes")
+    n = len(codes)
+    if n == 0:
+        return {
+            "n_codes": 0,
+            "n_bits": codes.n_bits,
+            "n_constant_bits": 0,
+            "constant_bits": [],
+            "ones_fraction_min": 0.0,
+            "ones_fraction_max": 0.0,
+            "n_distinct_codes": 0,
+            "most_common_code_fraction": 0.0,
+            "all_equal": False,
+            "collapsed": False,
+        }
+    ones = _ones_per_bit(codes)
+    constant = np.flatnonzero((ones == 0) | (ones == n))
+    _, counts = np.unique(codes.packed, axis=0, return_counts=True)
+    n_distinct = len(counts)
+    all_equal = n_distinct == 1
+    return {
+        "n_codes": n,
+        "n_bits": codes.n_bits,
+        "n_constant_bits": len(constant),
+        "constant_bits": constant.tolist(),
+        "ones_fraction_min": float(ones.min() / n),
+        "ones_fraction_max": float(ones.max() / n),
+        "n_distinct_codes": n_distinct,
+        "most_common_code_fraction": float(counts.max() / n),
+        "all_equal": all_equal,
+        "collapsed": n >= 2 and (len(constant) > 0 or all_equal),
+    }

@@ -1,0 +1,836 @@
+"""ContinualTrainer: the PBEH recipe, task after task.
+
+For every task of a :class:`~pbeh.data.TaskStream` the trainer
+
+1. applies an extension decided after the previous task (the code grows *before* the next task, as in PBEH),
+2. grows the prompt pool (a new pool for the task, earlier pools frozen),
+3. trains the new pool, the hashing heads and the input maps on cached features with the PBEH loss terms
+   (:mod:`pbeh.losses`) plus the prompt-hash anchor against earlier pools, with AdamW rebuilt for the task
+   (heads at ``lr * later_task_head_lr_scale`` from the second task on, as the reference),
+4. selects the best epoch on a validation split carved from the training items (``select_on="validation"``), on the
+   test queries (``"test"``, reference parity, reported as such), or keeps the last epoch (``"last"``),
+5. encodes the task's database once into the image and text indexes at the current length (stored codes are never
+   re-encoded), stores the anchor codes, evaluates R[t, i] for every seen task, the unified mixed-length score and the
+   prefix drift, warns when codes collapse, and asks the extension policy whether to widen the code,
+6. writes a checkpoint (whole state, safetensors + JSON) from which :meth:`ContinualTrainer.fit` resumes.
+
+Only features are used: the frozen encoder never runs during training (see :mod:`pbeh.encoders` and its cache).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._version import __version__
+from .codes import Codes
+from .data import Split, Task, TaskStream
+from .evaluation import LabelTable, chance_level, map_of_ranking
+from .extension import (
+    ExtensionDecision,
+    ExtensionPolicy,
+    ModeCenterRule,
+    NeverExtend,
+    code_collapse_report,
+    extension_policy_from_config,
+)
+from .index import TruncatedHammingIndex
+from .losses import LossWeights, pbeh_loss
+from .metrics import ContinualMatrix, map_at_k
+from .model import CrossModalHashModel
+from .serialization import FormatError, load_safetensors, read_json, save_safetensors, write_json
+
+__all__ = ["ContinualTrainer", "TaskReport", "TrainerConfig"]
+
+_logger = logging.getLogger(__name__)
+
+TRAINER_FORMAT_VERSION = 1
+_SELECT_ON = ("validation", "test", "last")
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """Optimisation and protocol options of :class:`ContinualTrainer` (reference defaults where one exists).
+
+    Attributes:
+        epochs: epochs per task (reference: 100).
+        batch_size: minibatch size (reference: 512).
+        lr: AdamW learning rate of the new prompt pool, and of the heads on the first task (reference: 1e-4).
+        later_task_head_lr_scale: heads and input maps train at ``lr * scale`` from the second task on
+            (reference: 0.1, the "asymmetric optimisation").
+        weight_decay: AdamW weight decay (PyTorch default 0.01, as the reference).
+        select_on: ``"validation"`` (best epoch on a validation split carved from the training items, default),
+            ``"test"`` (on the task's queries against its database: the reference protocol, optimistic), or
+            ``"last"`` (no selection).
+        validation_fraction: fraction of the training items held out for ``select_on="validation"``.
+        eval_every: evaluate the selection score every this many epochs (and always after the last one).
+        eval_k: the k of mAP@k for selection and evaluation (reference: 1000); ``None`` for mAP@all.
+        prompts_per_task: explicit pool size; ``None`` uses the reference's adaptive
+            ``ceil(n_train / samples_per_prompt)``.
+        samples_per_prompt: η of the adaptive pool size (reference: 400 for NUS-WIDE, 800 for COCO).
+        prompt_init: ``"normal"`` (the reference's seeded draw) or ``"kmeans"`` (centroids of the task's features).
+        freeze_old_bits: when the code is extended, freeze the path of the old bits (pbeh default) or keep training
+            it at the low rate (reference).
+        straight_through: give the sign-based loss terms a straight-through gradient (the reference has none).
+        temperature: temperature of the supervised contrastive term.
+        seed: seeds the minibatch order and the validation split (the model has its own seed).
+        show_progress: a progress bar over epochs.
+    """
+
+    epochs: int = 100
+    batch_size: int = 512
+    lr: float = 1e-4
+    later_task_head_lr_scale: float = 0.1
+    weight_decay: float = 0.01
+    select_on: str = "validation"
+    validation_fraction: float = 0.1
+    eval_every: int = 1
+    eval_k: int | None = 1000
+    prompts_per_task: int | None = None
+    samples_per_prompt: int = 400
+    prompt_init: str = "normal"
+    freeze_old_bits: bool = True
+    straight_through: bool = False
+    temperature: float = 0.1
+    seed: int = 2025
+    show_progress: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_every", "samples_per_prompt"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        for name in ("lr", "temperature"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+        for name in ("later_task_head_lr_scale", "weight_decay"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if self.select_on not in _SELECT_ON:
+            raise ValueError(f"select_on: expected one of {_SELECT_ON}, got {self.select_on!r}")
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction: expected a number in (0, 1), got {self.validation_fraction!r}")
+        if self.eval_k is not None and (not isinstance(self.eval_k, int) or self.eval_k < 1):
+            raise ValueError(f"eval_k: expected a positive int or None (mAP@all), got {self.eval_k!r}")
+        if self.prompts_per_task is not None and (
+            not isinstance(self.prompts_per_task, int) or self.prompts_per_task < 1
+        ):
+            raise ValueError(f"prompts_per_task: expected a positive int or None, got {self.prompts_per_task!r}")
+        if self.prompt_init not in ("normal", "kmeans"):
+            raise ValueError(f"prompt_init: expected 'normal' or 'kmeans', got {self.prompt_init!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"config: unknown TrainerConfig keys {unknown}")
+        return cls(**data)
+
+
+@dataclass
+class TaskReport:
+    """What happened on one task: training, selection, storage, evaluation and the extension decision."""
+
+    task: int
+    name: str
+    n_bits: int
+    n_prompts: int
+    n_train: int
+    n_validation: int
+    n_database: int
+    epochs: int
+    best_epoch: int
+    selection_score: float | None
+    final_loss: float
+    loss_terms: dict[str, float]
+    map_i2t: list[float]
+    map_t2i: list[float]
+    unified_i2t: float
+    unified_t2i: float
+    unified_chance: float
+    prefix_drift: float | None
+    collapse: dict[str, Any]
+    extension: dict[str, Any]
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _json_safe(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TaskReport:
+        return cls(**{k: (float("nan") if v is None and k.startswith("unified") else v) for k, v in data.items()})
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return None if not math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return _json_safe(obj.item())
+    return obj
+
+
+@dataclass
+class _StoredTask:
+    """Bookkeeping for a task whose database is in the indexes."""
+
+    name: str
+    ids: np.ndarray
+    labels: np.ndarray
+    n_bits: int
+
+
+class ContinualTrainer:
+    """Learns codes task after task: composes a model (prompt pool + extensible hasher), two
+    :class:`~pbeh.index.TruncatedHammingIndex` (image and text databases), the PBEH loss terms and an extension policy.
+
+    Args:
+        model: the :class:`~pbeh.model.CrossModalHashModel` to train (it holds the PromptPool and ExtensibleHasher).
+        config: optimisation and protocol options.
+        loss_weights: weights of the PBEH loss terms (reference defaults).
+        extension_policy: decides after each task whether to widen the code (default: the reference's mode-centre
+            rule with rho = 0.1, delta = 1).
+        index_score: the cross-length score policy of the unified indexes (see :mod:`pbeh.index`).
+        checkpoint_dir: when given, a checkpoint is written after every task and :meth:`fit` can resume from it.
+        callbacks: functions called with each :class:`TaskReport` after its task.
+
+    Example:
+        >>> from pbeh.data import synthetic_stream
+        >>> stream = synthetic_stream(n_tasks=2, seed=0)
+        >>> trainer = ContinualTrainer.for_stream(
+        ...     stream, n_bits=16, hidden_dims=(32,), config=TrainerConfig(epochs=2, batch_size=64))
+        >>> reports = trainer.fit(stream)
+        >>> len(reports), trainer.matrix.matrix("i2t").shape
+        (2, (2, 2))
+    """
+
+    def __init__(
+        self,
+        model: CrossModalHashModel,
+        *,
+        config: TrainerConfig | None = None,
+        loss_weights: LossWeights | None = None,
+        extension_policy: ExtensionPolicy | None = None,
+        index_score: str = "zscore",
+        checkpoint_dir: str | Path | None = None,
+        callbacks: Sequence[Callable[[TaskReport], None]] = (),
+    ) -> None:
+        if not isinstance(model, CrossModalHashModel):
+            raise TypeError(f"model: expected a CrossModalHashModel, got {type(model).__name__}")
+        if config is not None and not isinstance(config, TrainerConfig):
+            raise TypeError(f"config: expected a TrainerConfig, got {type(config).__name__}")
+        if loss_weights is not None and not isinstance(loss_weights, LossWeights):
+            raise TypeError(f"loss_weights: expected a LossWeights, got {type(loss_weights).__name__}")
+        self.model = model
+        self.config = config or TrainerConfig()
+        self.loss_weights = loss_weights or LossWeights()
+        self.extension_policy: ExtensionPolicy = extension_policy or ModeCenterRule()
+        self.image_index = TruncatedHammingIndex(score=index_score)
+        self.text_index = TruncatedHammingIndex(score=index_score)
+        self.index_score = index_score
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.matrix = ContinualMatrix(1)
+        self.reports: list[TaskReport] = []
+        self._stored: list[_StoredTask] = []
+        self._seen: list[Task] = []
+        self._anchors: list[torch.Tensor] = []
+        self._pending_extension = 0
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def for_stream(
+        cls,
+        stream: TaskStream,
+        *,
+        n_bits: int = 32,
+        hidden_dims: Sequence[int] = (4096, 4096),
+        dim: int | None = None,
+        normalize_features: bool = True,
+        pool_kwargs: dict[str, Any] | None = None,
+        model_seed: int = 2025,
+        **kwargs: Any,
+    ) -> ContinualTrainer:
+        """Build the model for a stream's feature widths and wrap it in a trainer (``kwargs`` go to the trainer)."""
+        model = CrossModalHashModel(
+            stream.image_dim,
+            stream.text_dim,
+            n_bits=n_bits,
+            dim=dim,
+            hidden_dims=tuple(hidden_dims),
+            normalize_features=normalize_features,
+            pool_kwargs=pool_kwargs,
+            seed=model_seed,
+        )
+        return cls(model, **kwargs)
+
+    @property
+    def n_tasks_done(self) -> int:
+        return len(self.reports)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # ------------------------------------------------------------------ the stream
+    def fit(self, stream: TaskStream | Sequence[Task], *, resume: bool = True) -> list[TaskReport]:
+        """Train on every task of ``stream`` in order; returns one report per task.
+
+        With a ``checkpoint_dir`` and ``resume=True``, a previous run's checkpoint is loaded first and its completed
+        tasks are skipped (their names must match the stream's).
+        """
+        tasks = list(stream)
+        if not tasks:
+            raise ValueError("stream: expected at least one task, got none")
+        if resume and self.checkpoint_dir is not None and (self.checkpoint_dir / "latest.json").is_file():
+            self._restore(self.checkpoint_dir)
+            done = self.n_tasks_done
+            if done > len(tasks):
+                raise ValueError(f"stream: the checkpoint has {done} tasks done but the stream has only {len(tasks)}")
+            for i in range(done):
+                if self._stored[i].name != tasks[i].name:
+                    raise ValueError(
+                        f"stream: task {i} is {tasks[i].name!r} but the checkpoint trained {self._stored[i].name!r}; "
+                        "resume with the same stream or use another checkpoint_dir"
+                    )
+            self._seen = tasks[:done]
+            _logger.info("resumed from %s after %d task(s)", self.checkpoint_dir, done)
+        self._grow_matrix(len(tasks))
+        for task in tasks[self.n_tasks_done :]:
+            self.fit_task(task)
+        return list(self.reports)
+
+    def fit_task(self, task: Task) -> TaskReport:
+        """Train on one task, store its database, evaluate, and decide on extension. Returns the task's report."""
+        if not isinstance(task, Task):
+            raise TypeError(f"task: expected a pbeh.data.Task, got {type(task).__name__}")
+        self._check_widths(task)
+        started = time.perf_counter()
+        t = self.n_tasks_done
+        self._grow_matrix(t + 1)
+        cfg = self.config
+        if self._pending_extension:
+            self.model.extend(self._pending_extension, freeze_old=cfg.freeze_old_bits)
+            _logger.info("task %d: code extended by %d bits to %d", t, self._pending_extension, self.model.n_bits)
+            self._pending_extension = 0
+
+        if cfg.select_on == "validation":
+            train, validation = task.split_validation(cfg.validation_fraction, seed=cfg.seed + t)
+        else:
+            train, validation = task.train, None
+        if len(train) == 0:
+            raise ValueError(f"task {task.name!r}: no training items")
+        pool_task = self.model.add_task(
+            cfg.prompts_per_task,
+            n_train=len(train),
+            samples_per_prompt=cfg.samples_per_prompt,
+            init=cfg.prompt_init,
+            image_features=_tensor(train.image, self.device),
+            text_features=_tensor(train.text, self.device),
+        )
+        if pool_task != t:
+            raise RuntimeError(f"model: expected prompt pool {t} for task {t}, the model created pool {pool_task}")
+        best_epoch, best_score, last_loss, terms, history = self._train_task(t, train, validation, task)
+
+        n_bits = self.model.n_bits
+        db = task.database
+        image_codes, text_codes = self._store(task)
+        with torch.no_grad():
+            self._anchors.append(self.model.anchor_codes(t).detach().clone())
+
+        collapse = self._collapse_check(task, image_codes, text_codes)
+        row_i2t, row_t2i = self._evaluate_rows(t)
+        unified_i2t, unified_t2i, chance = self._unified_scores()
+        drift = self._prefix_drift()
+        decision = self._decide_extension(t)
+
+        self.matrix.record_scalar("n_bits", t, float(n_bits))
+        self.matrix.record_scalar("unified_i2t", t, unified_i2t)
+        self.matrix.record_scalar("unified_t2i", t, unified_t2i)
+        self.matrix.record_scalar("unified_chance", t, chance)
+        self.matrix.record_scalar("prefix_drift", t, float("nan") if drift is None else drift)
+        report = TaskReport(
+            task=t,
+            name=task.name,
+            n_bits=n_bits,
+            n_prompts=self.model.pool_sizes[t],
+            n_train=len(train),
+            n_validation=0 if validation is None else len(validation),
+            n_database=len(db),
+            epochs=cfg.epochs,
+            best_epoch=best_epoch,
+            selection_score=best_score,
+            final_loss=last_loss,
+            loss_terms=terms,
+            map_i2t=row_i2t,
+            map_t2i=row_t2i,
+            unified_i2t=unified_i2t,
+            unified_t2i=unified_t2i,
+            unified_chance=chance,
+            prefix_drift=drift,
+            collapse=collapse,
+            extension={"n_new_bits": decision.n_new_bits, "reason": decision.reason, "stats": dict(decision.stats)},
+            seconds=time.perf_counter() - started,
+            history=history,
+        )
+        self.reports.append(report)
+        _logger.info(
+            "task %d (%s): %d bits, mAP i2t %.4f t2i %.4f, unified %.4f/%.4f (chance %.4f); %s",
+            t,
+            task.name,
+            n_bits,
+            row_i2t[-1],
+            row_t2i[-1],
+            unified_i2t,
+            unified_t2i,
+            chance,
+            decision.reason,
+        )
+        if self.checkpoint_dir is not None:
+            self._write_checkpoint(self.checkpoint_dir)
+        for callback in self.callbacks:
+            callback(report)
+        return report
+
+    def _store(self, task: Task) -> tuple[Codes, Codes]:
+        """Encode the task's database once, at the current length, into the indexes; it is never re-encoded."""
+        db = task.database
+        image_codes = self.model.encode(_tensor(db.image, self.device), "image")
+        text_codes = self.model.encode(_tensor(db.text, self.device), "text")
+        self.image_index.add(image_codes, ids=db.ids)
+        self.text_index.add(text_codes, ids=db.ids)
+        self._stored.append(
+            _StoredTask(task.name, np.asarray(db.ids, dtype=np.int64), np.asarray(db.labels), self.model.n_bits)
+        )
+        self._seen.append(task)
+        return image_codes, text_codes
+
+    def evaluate_stream(self, stream: TaskStream | Sequence[Task]) -> ContinualTrainer:
+        """Store and evaluate every task of ``stream`` with the current model, without training.
+
+        For a model trained otherwise (the joint upper bound): returns a new trainer sharing this model whose
+        indexes hold every task's database and whose matrix has its final row (and unified score) filled.
+        """
+        tasks = list(stream)
+        if not tasks:
+            raise ValueError("stream: expected at least one task, got none")
+        started = time.perf_counter()
+        ev = ContinualTrainer(
+            self.model,
+            config=self.config,
+            loss_weights=self.loss_weights,
+            extension_policy=NeverExtend(),
+            index_score=self.index_score,
+        )
+        ev._grow_matrix(len(tasks))
+        self.model.eval()
+        for task in tasks:
+            ev._check_widths(task)
+            ev._store(task)
+        t = len(tasks) - 1
+        row_i2t, row_t2i = ev._evaluate_rows(t)
+        unified_i2t, unified_t2i, chance = ev._unified_scores()
+        for name, value in (("unified_i2t", unified_i2t), ("unified_t2i", unified_t2i), ("unified_chance", chance)):
+            ev.matrix.record_scalar(name, t, value)
+        ev.matrix.record_scalar("n_bits", t, float(self.model.n_bits))
+        last = self.reports[-1] if self.reports else None
+        ev.reports = [
+            TaskReport(
+                task=t,
+                name="evaluation of " + ", ".join(task.name for task in tasks),
+                n_bits=self.model.n_bits,
+                n_prompts=0 if last is None else last.n_prompts,
+                n_train=0 if last is None else last.n_train,
+                n_validation=0 if last is None else last.n_validation,
+                n_database=sum(len(task.database) for task in tasks),
+                epochs=0 if last is None else last.epochs,
+                best_epoch=0 if last is None else last.best_epoch,
+                selection_score=None if last is None else last.selection_score,
+                final_loss=float("nan") if last is None else last.final_loss,
+                loss_terms={} if last is None else last.loss_terms,
+                map_i2t=row_i2t,
+                map_t2i=row_t2i,
+                unified_i2t=unified_i2t,
+                unified_t2i=unified_t2i,
+                unified_chance=chance,
+                prefix_drift=None,
+                collapse={},
+                extension={"n_new_bits": 0, "reason": "evaluation only", "stats": {}},
+                seconds=time.perf_counter() - started,
+            )
+        ]
+        return ev
+
+    # ------------------------------------------------------------------ training
+    def _optimizer(self, t: int) -> torch.optim.Optimizer:
+        """AdamW rebuilt for every task (and so after every extension): heads slower from the second task on."""
+        cfg = self.config
+        slow = cfg.lr * (cfg.later_task_head_lr_scale if t > 0 else 1.0)
+        groups = []
+        heads = [p for p in self.model.head_parameters() if p.requires_grad]
+        maps = [p for p in self.model.projection_parameters() if p.requires_grad]
+        prompts = [p for p in self.model.prompt_parameters(t) if p.requires_grad]
+        seen: set[int] = set()
+        for params, lr in ((prompts, cfg.lr), (heads, slow), (maps, slow)):
+            unique = [p for p in params if id(p) not in seen]
+            seen.update(id(p) for p in unique)
+            if unique:
+                groups.append({"params": unique, "lr": lr})
+        # Anything trainable the model did not classify (e.g. attention inside the pool) trains with the heads.
+        rest = [p for p in self.model.parameters() if p.requires_grad and id(p) not in seen]
+        if rest:
+            groups.append({"params": rest, "lr": slow})
+        if not groups:
+            raise RuntimeError("model: nothing to train (every parameter is frozen)")
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def _train_task(
+        self, t: int, train: Split, validation: Split | None, task: Task
+    ) -> tuple[int, float | None, float, dict[str, float], list[dict[str, float]]]:
+        cfg = self.config
+        device = self.device
+        image = _tensor(train.image, device)
+        text = _tensor(train.text, device)
+        labels = _tensor(train.labels, device)
+        optimizer = self._optimizer(t)
+        generator = torch.Generator().manual_seed(cfg.seed * 1000 + t)
+        stored_anchors = self._anchors[:t] if self.loss_weights.anchor > 0 else []
+        best_state: dict[str, torch.Tensor] | None = None
+        best_epoch, best_score = cfg.epochs, None
+        last_loss, last_terms = float("nan"), {}
+        history: list[dict[str, float]] = []
+        epochs = range(1, cfg.epochs + 1)
+        if cfg.show_progress:
+            from tqdm.auto import tqdm
+
+            epochs = tqdm(epochs, desc=f"task {t} ({task.name})", leave=False)
+        n = len(train)
+        for epoch in epochs:
+            self.model.train()
+            order = torch.randperm(n, generator=generator).to(device)
+            sums: dict[str, float] = {}
+            total, batches = 0.0, 0
+            for start in range(0, n, cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                if len(idx) < 2 and n >= 2:
+                    continue  # a single item gives no pairwise signal
+                loss, terms = self._loss(image[idx], text[idx], labels[idx], t, stored_anchors)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+                batches += 1
+                for key, value in terms.items():
+                    sums[key] = sums.get(key, 0.0) + value
+            last_loss = total / max(batches, 1)
+            last_terms = {k: v / max(batches, 1) for k, v in sums.items()}
+            record = {"epoch": float(epoch), "loss": last_loss}
+            if cfg.select_on != "last" and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+                score = self._selection_score(train, validation, task)
+                record["selection_score"] = score
+                if best_score is None or score > best_score:
+                    best_score, best_epoch = score, epoch
+                    best_state = copy.deepcopy(self.model.state_dict())
+            history.append(record)
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"task {t} ({task.name}): the loss became {last_loss} at epoch {epoch}")
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        self.model.eval()
+        return best_epoch, best_score, last_loss, last_terms, history
+
+    def _loss(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        labels: torch.Tensor,
+        t: int,
+        stored_anchors: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        w = self.loss_weights
+        h_image, z_image = self.model(image, "image", return_z=True)
+        h_text, z_text = self.model(text, "text", return_z=True)
+        cross_image = cross_text = None
+        if w.distill > 0:
+            cross_image = (h_image, self.model.hash_from_z(z_image, "text"))
+            cross_text = (h_text, self.model.hash_from_z(z_text, "image"))
+        anchor_current = [self.model.anchor_codes(s) for s in range(len(stored_anchors))]
+        return pbeh_loss(
+            h_image,
+            h_text,
+            labels,
+            weights=w,
+            cross_image=cross_image,
+            cross_text=cross_text,
+            anchor_stored=stored_anchors,
+            anchor_current=anchor_current,
+            straight_through=self.config.straight_through,
+            temperature=self.config.temperature,
+        )
+
+    def _selection_score(self, train: Split, validation: Split | None, task: Task) -> float:
+        """I→T + T→I mAP@k used to pick the epoch: validation items against the remaining training items, or the
+        task's queries against its database (``select_on="test"``)."""
+        if self.config.select_on == "test":
+            queries, database = task.query, task.database
+        else:
+            if validation is None:  # pragma: no cover - guarded by the caller
+                raise RuntimeError("validation split missing")
+            queries, database = validation, train
+        i2t, t2i = self._cross_modal_map(queries, database)
+        return i2t + t2i
+
+    def _cross_modal_map(self, queries: Split, database: Split) -> tuple[float, float]:
+        device, k = self.device, self.config.eval_k
+        q_img = self.model.encode(_tensor(queries.image, device), "image")
+        q_txt = self.model.encode(_tensor(queries.text, device), "text")
+        d_img = self.model.encode(_tensor(database.image, device), "image")
+        d_txt = self.model.encode(_tensor(database.text, device), "text")
+        i2t = map_at_k(q_img, d_txt, queries.labels, database.labels, k=k)
+        t2i = map_at_k(q_txt, d_img, queries.labels, database.labels, k=k)
+        return float(i2t), float(t2i)
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate_rows(self, t: int) -> tuple[list[float], list[float]]:
+        """R[t, i] for i <= t: queries of task i (encoded now) against the stored database codes of task i."""
+        device, k = self.device, self.config.eval_k
+        row_i2t, row_t2i = [], []
+        for i in range(t + 1):
+            query = self._seen[i].query
+            stored = self._stored[i]
+            q_img = self.model.encode(_tensor(query.image, device), "image")
+            q_txt = self.model.encode(_tensor(query.text, device), "text")
+            db_txt = self.text_index.get_codes(stored.ids)
+            db_img = self.image_index.get_codes(stored.ids)
+            i2t = float(map_at_k(q_img, db_txt, query.labels, stored.labels, k=k))
+            t2i = float(map_at_k(q_txt, db_img, query.labels, stored.labels, k=k))
+            self.matrix.record(t, i, "i2t", i2t)
+            self.matrix.record(t, i, "t2i", t2i)
+            row_i2t.append(i2t)
+            row_t2i.append(t2i)
+        return row_i2t, row_t2i
+
+    def _unified_scores(self) -> tuple[float, float, float]:
+        """All seen queries against one index holding every stored code at its own length."""
+        device = self.device
+        queries = [task.query for task in self._seen]
+        q_labels = np.concatenate([q.labels for q in queries])
+        table = LabelTable(
+            np.concatenate([s.ids for s in self._stored]), np.concatenate([s.labels for s in self._stored])
+        )
+        k = len(self.text_index) if self.config.eval_k is None else min(self.config.eval_k, len(self.text_index))
+        q_img = self.model.encode(_tensor(np.concatenate([q.image for q in queries]), device), "image")
+        q_txt = self.model.encode(_tensor(np.concatenate([q.text for q in queries]), device), "text")
+        i2t = map_of_ranking(self.text_index.search(q_img, k).ids, q_labels, table)
+        t2i = map_of_ranking(self.image_index.search(q_txt, k).ids, q_labels, table)
+        return i2t, t2i, chance_level(q_labels, table.labels)
+
+    def _prefix_drift(self) -> float | None:
+        """Fraction of stored bits of earlier tasks that the current model would flip (None on the first task)."""
+        if len(self._stored) < 2:
+            return None
+        device = self.device
+        flipped, total = 0.0, 0
+        for task, stored in zip(self._seen[:-1], self._stored[:-1], strict=True):
+            db = task.database
+            img = self.image_index.get_codes(stored.ids)
+            txt = self.text_index.get_codes(stored.ids)
+            for codes, feats, modality in ((img, db.image, "image"), (txt, db.text, "text")):
+                bits = len(codes) * codes.n_bits
+                flipped += self.model.prefix_drift(codes, _tensor(feats, device), modality) * bits
+                total += bits
+        return flipped / total if total else None
+
+    def _collapse_check(self, task: Task, image_codes: Codes, text_codes: Codes) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for modality, codes in (("image", image_codes), ("text", text_codes)):
+            report = code_collapse_report(codes)
+            out[modality] = report
+            if report["collapsed"]:
+                _logger.warning(
+                    "task %s: %s codes are collapsing: %d of %d bits constant over the task, %d distinct codes "
+                    "for %d items",
+                    task.name,
+                    modality,
+                    report["n_constant_bits"],
+                    codes.n_bits,
+                    report["n_distinct_codes"],
+                    len(codes),
+                )
+        return out
+
+    def _decide_extension(self, t: int) -> ExtensionDecision:
+        """Ask the policy about the codes stored at the newest length; an extension applies before the next task."""
+        newest = self.model.n_bits
+        ids = [s.ids for s in self._stored if s.n_bits == newest]
+        image_codes = Codes.concatenate([self.image_index.get_codes(i) for i in ids])
+        text_codes = Codes.concatenate([self.text_index.get_codes(i) for i in ids])
+        decision = self.extension_policy.decide(image_codes=image_codes, text_codes=text_codes, task=t)
+        self._pending_extension = int(decision.n_new_bits)
+        return decision
+
+    def _grow_matrix(self, n_tasks: int) -> None:
+        if self.matrix.n_tasks >= n_tasks:
+            return
+        data = self.matrix.to_dict()
+        grown = ContinualMatrix(n_tasks, directions=tuple(self.matrix.directions))
+        old = self.matrix
+        for direction in old.directions:
+            values = old.matrix(direction)
+            for t, i in zip(*np.nonzero(np.isfinite(values)), strict=True):
+                grown.record(int(t), int(i), direction, float(values[t, i]))
+        for name, series in (data.get("scalars") or {}).items():
+            for t, value in enumerate(series):
+                if value is not None:
+                    grown.record_scalar(name, t, float(value))
+        self.matrix = grown
+
+    def _check_widths(self, task: Task) -> None:
+        expected = (self.model.feature_dim("image"), self.model.feature_dim("text"))
+        got = (task.train.image.shape[1], task.train.text.shape[1])
+        if got != expected:
+            raise ValueError(
+                f"task {task.name!r}: feature widths (image, text) {got} do not match the model's {expected}"
+            )
+
+    # ------------------------------------------------------------------ saving and resuming
+    def save(self, directory: str | Path) -> None:
+        """Save the whole continual state: model, indexes, anchors, stored-task bookkeeping, reports and matrices.
+
+        The state is written into a fresh sibling directory which then replaces ``directory``, so a crash leaves the
+        previous save intact.
+        """
+        target = Path(directory)
+        tmp = target.parent / f".{target.name}.partial"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        self.model.save_pretrained(tmp / "model")
+        self.image_index.save(tmp / "image_index.safetensors")
+        self.text_index.save(tmp / "text_index.safetensors")
+        arrays: dict[str, np.ndarray] = {}
+        for s, anchor in enumerate(self._anchors):
+            arrays[f"anchor.{s}"] = anchor.detach().cpu().numpy()
+        for s, stored in enumerate(self._stored):
+            arrays[f"stored.{s}.ids"] = stored.ids
+            arrays[f"stored.{s}.labels"] = np.asarray(stored.labels, dtype=np.uint8)
+        save_safetensors(tmp / "trainer_state.safetensors", arrays, kind="trainer_state", format_version=1)
+        write_json(
+            tmp / "trainer.json",
+            {
+                "format_version": TRAINER_FORMAT_VERSION,
+                "pbeh_version": __version__,
+                "config": self.config.to_dict(),
+                "loss_weights": self.loss_weights.to_dict(),
+                "extension_policy": self.extension_policy.to_config(),
+                "index_score": self.index_score,
+                "pending_extension": self._pending_extension,
+                "stored": [{"name": s.name, "n_bits": s.n_bits} for s in self._stored],
+                "reports": [r.to_dict() for r in self.reports],
+                "matrix": self.matrix.to_dict(),
+            },
+        )
+        old = target.parent / f".{target.name}.old"
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        if old.exists():
+            shutil.rmtree(old)
+
+    @classmethod
+    def load(cls, directory: str | Path, *, checkpoint_dir: str | Path | None = None) -> ContinualTrainer:
+        """Load a state written by :meth:`save`; training continues with :meth:`fit` on the same stream."""
+        directory = Path(directory)
+        meta = read_json(directory / "trainer.json", what="trainer state")
+        if meta.get("format_version") != TRAINER_FORMAT_VERSION:
+            raise FormatError(
+                f"{str(directory)!r}: trainer format_version {meta.get('format_version')!r}, "
+                f"this pbeh reads {TRAINER_FORMAT_VERSION}"
+            )
+        model = CrossModalHashModel.from_pretrained(directory / "model")
+        trainer = cls(
+            model,
+            config=TrainerConfig.from_dict(meta["config"]),
+            loss_weights=LossWeights.from_dict(meta["loss_weights"]),
+            extension_policy=extension_policy_from_config(meta["extension_policy"]),
+            index_score=meta["index_score"],
+            checkpoint_dir=checkpoint_dir,
+        )
+        trainer._load_state(directory, meta)
+        return trainer
+
+    def _load_state(self, directory: Path, meta: dict[str, Any]) -> None:
+        self.image_index = TruncatedHammingIndex.load(directory / "image_index.safetensors")
+        self.text_index = TruncatedHammingIndex.load(directory / "text_index.safetensors")
+        arrays, _ = load_safetensors(directory / "trainer_state.safetensors", kind="trainer_state", format_version=1)
+        self._stored = [
+            _StoredTask(s["name"], arrays[f"stored.{i}.ids"], arrays[f"stored.{i}.labels"], int(s["n_bits"]))
+            for i, s in enumerate(meta["stored"])
+        ]
+        self._anchors = [torch.from_numpy(arrays[f"anchor.{i}"].copy()) for i in range(len(self._stored))]
+        self._pending_extension = int(meta["pending_extension"])
+        self.reports = [TaskReport.from_dict(r) for r in meta["reports"]]
+        self.matrix = ContinualMatrix.from_dict(meta["matrix"])
+
+    def _restore(self, checkpoint_dir: Path) -> None:
+        latest = read_json(checkpoint_dir / "latest.json", what="checkpoint pointer")
+        state_dir = checkpoint_dir / latest["directory"]
+        loaded = ContinualTrainer.load(state_dir)
+        self.model = loaded.model
+        self.config = loaded.config
+        self.loss_weights = loaded.loss_weights
+        self.extension_policy = loaded.extension_policy
+        self.index_score = loaded.index_score
+        meta = read_json(state_dir / "trainer.json", what="trainer state")
+        self._load_state(state_dir, meta)
+
+    def _write_checkpoint(self, checkpoint_dir: Path) -> None:
+        """Save the state after task t into ``task_<t>`` and then point ``latest.json`` at it (atomically)."""
+        name = f"task_{self.n_tasks_done - 1:03d}"
+        self.save(checkpoint_dir / name)
+        write_json(checkpoint_dir / "latest.json", {"directory": name, "tasks_done": self.n_tasks_done})
+
+    # ------------------------------------------------------------------ summaries
+    def summary(self) -> dict[str, Any]:
+        """Final figures: mean mAP of the last row, BWT, forgetting, unified scores, bits and drift."""
+        out: dict[str, Any] = {"tasks": self.n_tasks_done, "final_bits": self.model.n_bits}
+        if self.reports:
+            out["bits_per_task"] = [r.n_bits for r in self.reports]
+            last = self.reports[-1]
+            out["unified_i2t"] = last.unified_i2t
+            out["unified_t2i"] = last.unified_t2i
+            out["unified_chance"] = last.unified_chance
+            drifts = [r.prefix_drift for r in self.reports if r.prefix_drift is not None]
+            out["prefix_drift"] = drifts[-1] if drifts else None
+        for direction in ("i2t", "t2i"):
+            out[f"mean_{direction}"] = self.matrix.final_mean(direction)
+            out[f"bwt_{direction}"] = self.matrix.bwt(direction)
+            out[f"forgetting_{direction}"] = self.matrix.forgetting(direction)
+        return _json_safe(out)
+
+
+def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device)
