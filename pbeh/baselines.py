@@ -49,11 +49,18 @@ def build_trainer(
     weights = LossWeights()
     pool_kwargs: dict[str, Any] = {}
     normalize = True
+    use_prompts = True
     policy: Any = ModeCenterRule(rho=rho, delta=delta)
     if method == "pbeh":
         cfg = base
     elif method == "pbeh-reference":
-        cfg = dataclasses.replace(base, select_on="test", freeze_old_bits=False)
+        cfg = dataclasses.replace(
+            base,
+            select_on="test",
+            freeze_old_bits=False,
+            similarity_target="reference",
+            binary_similarity_normalize=False,
+        )
         pool_kwargs = {"attention": "batch", "init_std": 1.0}
         normalize = False
     elif method == "fixed-length":
@@ -63,7 +70,7 @@ def build_trainer(
         cfg = base
         policy = NeverExtend()
         weights = dataclasses.replace(weights, anchor=0.0)
-        pool_kwargs = {"use_prompts": False}
+        use_prompts = False
     elif method == "joint":
         cfg = base
         policy = NeverExtend()
@@ -74,6 +81,7 @@ def build_trainer(
         n_bits=n_bits,
         hidden_dims=hidden_dims,
         normalize_features=normalize,
+        use_prompts=use_prompts,
         pool_kwargs=pool_kwargs,
         model_seed=seed,
         config=dataclasses.replace(cfg, seed=seed),

@@ -210,7 +210,13 @@ def _describe(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pbeh`` console script."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "protocol", None) is not None:
+        from .data import PROTOCOLS
+
+        if args.protocol.replace("_", "-") not in PROTOCOLS:
+            parser.error(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {args.protocol!r}")
     if args.command == "train" and not args.quiet:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     handlers = {"train": _train, "evaluate": _evaluate, "search": _search, "describe": _describe}

@@ -86,6 +86,8 @@ class CrossModalHashModel(nn.Module):
             ``selection``, ``num_heads``, ``init_std``, ``seed``, ``task_seeds``); its ``seed`` defaults to
             ``seed``.
         seed: seeds the input maps, the heads and (by default) the pool.
+        use_prompts: ``False`` gives the no-prompt ablation: the context half of ``z`` is zero, so the heads see
+            only the features (pools are still created per task for bookkeeping, but nothing in them trains).
         branch_hidden_dims: hidden widths of the branch added by ``extend(freeze_old=True)``.
 
     Parameter groups for the optimiser: :meth:`head_parameters` (heads and attention, the reference's "hash
@@ -117,8 +119,12 @@ class CrossModalHashModel(nn.Module):
         pool_kwargs: Mapping[str, Any] | None = None,
         seed: int = 2025,
         branch_hidden_dims: Sequence[int] = (256,),
+        use_prompts: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(use_prompts, bool):
+            raise TypeError(f"use_prompts: expected a bool, got {type(use_prompts).__name__}")
+        self.use_prompts = use_prompts
         self.image_dim = _check_positive_int("image_dim", image_dim)
         self.text_dim = _check_positive_int("text_dim", text_dim)
         self.dim = max(self.image_dim, self.text_dim) if dim is None else _check_positive_int("dim", dim)
@@ -140,6 +146,9 @@ class CrossModalHashModel(nn.Module):
         if "dim" in pool_kwargs:
             raise ValueError("pool_kwargs: 'dim' is set by the model (its dim argument), remove it from pool_kwargs")
         pool_kwargs = {"seed": self.seed, **pool_kwargs}
+        if "num_heads" not in pool_kwargs:
+            # The most heads up to the reference's 8 that divide the prompt width (8 for CLIP's 512).
+            pool_kwargs["num_heads"] = max(h for h in range(1, 9) if self.dim % h == 0)
         if normalize_features and "init_std" not in pool_kwargs:
             pool_kwargs["init_std"] = self.feature_norm / math.sqrt(self.dim)
 
@@ -209,7 +218,8 @@ class CrossModalHashModel(nn.Module):
     # ------------------------------------------------------------------ parameter groups
     def head_parameters(self) -> list[nn.Parameter]:
         """Trainable hash-head parameters plus the attention (which the reference keeps in its hash net)."""
-        return self.hasher.head_parameters() + [p for p in self.pool.attention_parameters() if p.requires_grad]
+        attention = [p for p in self.pool.attention_parameters() if p.requires_grad] if self.use_prompts else []
+        return self.hasher.head_parameters() + attention
 
     def attention_parameters(self) -> list[nn.Parameter]:
         """The pool's attention parameters alone (already part of :meth:`head_parameters`)."""
@@ -220,8 +230,8 @@ class CrossModalHashModel(nn.Module):
         return [p for p in [*self.image_proj.parameters(), *self.text_proj.parameters()] if p.requires_grad]
 
     def prompt_parameters(self, task: int) -> list[nn.Parameter]:
-        """The prompt pool of ``task`` (only the newest is trainable)."""
-        return self.pool.task_parameters(task)
+        """The prompt pool of ``task`` (only the newest is trainable; none when ``use_prompts`` is False)."""
+        return self.pool.task_parameters(task) if self.use_prompts else []
 
     # ------------------------------------------------------------------ computing
     def _check_features(self, features: Any, modality: str) -> torch.Tensor:
@@ -271,7 +281,8 @@ class CrossModalHashModel(nn.Module):
 
     def _z(self, features: torch.Tensor, modality: str) -> torch.Tensor:
         x = self.project(features, modality)
-        return torch.cat([x, self.pool(x, modality)], dim=1)
+        context = self.pool(x, modality) if self.use_prompts else torch.zeros_like(x)
+        return torch.cat([x, context], dim=1)
 
     def hash_from_z(self, z: torch.Tensor, modality: str) -> torch.Tensor:
         """Head ``modality`` applied to a given ``z`` (for the cross-head distillation ``f_t(z_v)``)."""
@@ -373,6 +384,7 @@ class CrossModalHashModel(nn.Module):
             "normalize_features": self.normalize_features,
             "feature_norm": self.feature_norm,
             "seed": self.seed,
+            "use_prompts": self.use_prompts,
             "pool": {k: v for k, v in self.pool.get_config().items() if k != "dim"},
             "pool_sizes": self.pool.pool_sizes,
             "pool_inits": list(self.pool.task_inits),
@@ -398,6 +410,7 @@ class CrossModalHashModel(nn.Module):
                 pool_kwargs=config["pool"],
                 seed=config["seed"],
                 branch_hidden_dims=config["branch_hidden_dims"],
+                use_prompts=bool(config.get("use_prompts", True)),
             )
             if len(frozen) != len(widths) - 1:
                 raise ValueError(f"width_history {widths} needs {len(widths) - 1} frozen flags, got {frozen}")

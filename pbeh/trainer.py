@@ -83,6 +83,11 @@ class TrainerConfig:
         freeze_old_bits: when the code is extended, freeze the path of the old bits (pbeh default) or keep training
             it at the low rate (reference).
         straight_through: give the sign-based loss terms a straight-through gradient (the reference has none).
+        similarity_target: target of the similarity terms (:func:`pbeh.losses.label_similarity`): ``"cosine"`` of
+            the label vectors (pbeh's default) or the reference's ``2σ(l·l/16) − 1``, which is near 0 for every pair
+            of single-label or sparsely labelled items and then lets the codes collapse.
+        binary_similarity_normalize: divide the sign-code inner products of the binary similarity term by K
+            (pbeh) or not (the reference; the term has no gradient without ``straight_through`` either way).
         temperature: temperature of the supervised contrastive term.
         seed: seeds the minibatch order and the validation split (the model has its own seed).
         show_progress: a progress bar over epochs.
@@ -102,11 +107,18 @@ class TrainerConfig:
     prompt_init: str = "normal"
     freeze_old_bits: bool = True
     straight_through: bool = False
+    similarity_target: str = "cosine"
+    binary_similarity_normalize: bool = True
     temperature: float = 0.1
     seed: int = 2025
     show_progress: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("freeze_old_bits", "straight_through", "binary_similarity_normalize", "show_progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise TypeError(f"seed: expected an int, got {self.seed!r}")
         for name in ("epochs", "batch_size", "eval_every", "samples_per_prompt"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -123,12 +135,18 @@ class TrainerConfig:
             raise ValueError(f"select_on: expected one of {_SELECT_ON}, got {self.select_on!r}")
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction: expected a number in (0, 1), got {self.validation_fraction!r}")
-        if self.eval_k is not None and (not isinstance(self.eval_k, int) or self.eval_k < 1):
+        if self.eval_k is not None and (
+            isinstance(self.eval_k, bool) or not isinstance(self.eval_k, int) or self.eval_k < 1
+        ):
             raise ValueError(f"eval_k: expected a positive int or None (mAP@all), got {self.eval_k!r}")
         if self.prompts_per_task is not None and (
-            not isinstance(self.prompts_per_task, int) or self.prompts_per_task < 1
+            isinstance(self.prompts_per_task, bool)
+            or not isinstance(self.prompts_per_task, int)
+            or self.prompts_per_task < 1
         ):
             raise ValueError(f"prompts_per_task: expected a positive int or None, got {self.prompts_per_task!r}")
+        if self.similarity_target not in ("reference", "cosine"):
+            raise ValueError(f"similarity_target: expected 'reference' or 'cosine', got {self.similarity_target!r}")
         if self.prompt_init not in ("normal", "kmeans"):
             raise ValueError(f"prompt_init: expected 'normal' or 'kmeans', got {self.prompt_init!r}")
 
@@ -242,6 +260,11 @@ class ContinualTrainer:
             raise TypeError(f"config: expected a TrainerConfig, got {type(config).__name__}")
         if loss_weights is not None and not isinstance(loss_weights, LossWeights):
             raise TypeError(f"loss_weights: expected a LossWeights, got {type(loss_weights).__name__}")
+        if extension_policy is not None and not isinstance(extension_policy, ExtensionPolicy):
+            raise TypeError(
+                f"extension_policy: expected an ExtensionPolicy (ModeCenterRule, NeverExtend, FixedSchedule), "
+                f"got {type(extension_policy).__name__}"
+            )
         self.model = model
         self.config = config or TrainerConfig()
         self.loss_weights = loss_weights or LossWeights()
@@ -268,6 +291,7 @@ class ContinualTrainer:
         hidden_dims: Sequence[int] = (4096, 4096),
         dim: int | None = None,
         normalize_features: bool = True,
+        use_prompts: bool = True,
         pool_kwargs: dict[str, Any] | None = None,
         model_seed: int = 2025,
         **kwargs: Any,
@@ -280,6 +304,7 @@ class ContinualTrainer:
             dim=dim,
             hidden_dims=tuple(hidden_dims),
             normalize_features=normalize_features,
+            use_prompts=use_prompts,
             pool_kwargs=pool_kwargs,
             seed=model_seed,
         )
@@ -305,17 +330,18 @@ class ContinualTrainer:
             raise ValueError("stream: expected at least one task, got none")
         if resume and self.checkpoint_dir is not None and (self.checkpoint_dir / "latest.json").is_file():
             self._restore(self.checkpoint_dir)
-            done = self.n_tasks_done
-            if done > len(tasks):
-                raise ValueError(f"stream: the checkpoint has {done} tasks done but the stream has only {len(tasks)}")
-            for i in range(done):
-                if self._stored[i].name != tasks[i].name:
-                    raise ValueError(
-                        f"stream: task {i} is {tasks[i].name!r} but the checkpoint trained {self._stored[i].name!r}; "
-                        "resume with the same stream or use another checkpoint_dir"
-                    )
-            self._seen = tasks[:done]
-            _logger.info("resumed from %s after %d task(s)", self.checkpoint_dir, done)
+            _logger.info("resumed from %s after %d task(s)", self.checkpoint_dir, self.n_tasks_done)
+        done = self.n_tasks_done
+        if done > len(tasks):
+            raise ValueError(f"stream: {done} tasks are already done but the stream has only {len(tasks)}")
+        for i in range(done):
+            if self._stored[i].name != tasks[i].name:
+                raise ValueError(
+                    f"stream: task {i} is {tasks[i].name!r} but this trainer already trained {self._stored[i].name!r}; "
+                    "continue with the same stream (or start a new trainer / checkpoint_dir)"
+                )
+        # The tasks already done are needed again for evaluation (their queries) and prefix drift (their items).
+        self._seen = tasks[:done]
         self._grow_matrix(len(tasks))
         for task in tasks[self.n_tasks_done :]:
             self.fit_task(task)
@@ -326,6 +352,7 @@ class ContinualTrainer:
         if not isinstance(task, Task):
             raise TypeError(f"task: expected a pbeh.data.Task, got {type(task).__name__}")
         self._check_widths(task)
+        self._check_new_ids(task)
         started = time.perf_counter()
         t = self.n_tasks_done
         self._grow_matrix(t + 1)
@@ -587,6 +614,8 @@ class ContinualTrainer:
             anchor_current=anchor_current,
             straight_through=self.config.straight_through,
             temperature=self.config.temperature,
+            similarity_target=self.config.similarity_target,
+            binary_similarity_normalize=self.config.binary_similarity_normalize,
         )
 
     def _selection_score(self, train: Split, validation: Split | None, task: Task) -> float:
@@ -667,8 +696,11 @@ class ContinualTrainer:
         for modality, codes in (("image", image_codes), ("text", text_codes)):
             report = code_collapse_report(codes)
             out[modality] = report
+            # A few constant bits are normal when a task has only a few classes; warn when the code is mostly dead.
+            severe = report["all_equal"] or report["n_constant_bits"] > codes.n_bits // 2
             if report["collapsed"]:
-                _logger.warning(
+                _logger.log(
+                    logging.WARNING if severe else logging.INFO,
                     "task %s: %s codes are collapsing: %d of %d bits constant over the task, %d distinct codes "
                     "for %d items",
                     task.name,
@@ -705,6 +737,18 @@ class ContinualTrainer:
                 if value is not None:
                     grown.record_scalar(name, t, float(value))
         self.matrix = grown
+
+    def _check_new_ids(self, task: Task) -> None:
+        """Refuse a task whose database ids are already stored, before anything is trained or grown."""
+        ids = np.asarray(task.database.ids, dtype=np.int64)
+        if len(np.unique(ids)) != len(ids):
+            raise ValueError(f"task {task.name!r}: its database ids repeat")
+        clash = [int(i) for i in ids[:100_000] if int(i) in self.image_index]
+        if clash:
+            raise ValueError(
+                f"task {task.name!r}: database ids {clash[:5]} are already stored by an earlier task; item ids must "
+                "be unique across the stream"
+            )
 
     def _check_widths(self, task: Task) -> None:
         expected = (self.model.feature_dim("image"), self.model.feature_dim("text"))
