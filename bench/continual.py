@@ -53,7 +53,7 @@ def main() -> int:
     parser.add_argument("--delta", type=int, default=1)
     parser.add_argument("--samples-per-prompt", type=int, default=100)
     parser.add_argument("--eval-k", type=int, default=0, help="k of mAP@k; 0 = mAP@all (default, small databases)")
-    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2025, 2026, 2027], help="averaged per cell")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
     parser.add_argument("--json", type=Path, default=None, help="write every summary as JSON here")
@@ -67,7 +67,6 @@ def main() -> int:
         samples_per_prompt=args.samples_per_prompt,
         eval_k=None if args.eval_k == 0 else args.eval_k,
         eval_every=max(1, args.epochs // 10),
-        seed=args.seed,
     )
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     lines = [
@@ -79,7 +78,8 @@ def main() -> int:
         f"Shared settings: heads {tuple(args.hidden)}, {args.epochs} epochs per task, batch {args.batch_size}, "
         f"lr {args.lr}, AdamW, heads at 0.1·lr from task 2, samples_per_prompt {args.samples_per_prompt}, "
         f"mode-centre rule rho {args.rho}, delta {args.delta}, "
-        f"mAP{'@all' if config.eval_k is None else f'@{config.eval_k}'}, seed {args.seed}. "
+        f"mAP{'@all' if config.eval_k is None else f'@{config.eval_k}'}, mean over seeds {args.seeds} "
+        "(± half the range across seeds). "
         "R[t, i] = queries of task i against the stored database of task i after task t; mean = last row mean; "
         "unified = every seen query against one index of all stored codes at their own lengths (z-score policy).",
         "",
@@ -96,23 +96,37 @@ def main() -> int:
         ]
         for n_bits in args.bits:
             for method in args.methods:
-                _, summary = run_method(
-                    method,
-                    stream,
-                    n_bits=n_bits,
-                    hidden_dims=tuple(args.hidden),
-                    config=config,
-                    rho=args.rho,
-                    delta=args.delta,
-                    seed=args.seed,
-                )
-                summary.update(dataset=name, initial_bits=n_bits)
-                all_summaries.append(summary)
+                runs = []
+                for seed in args.seeds:
+                    _, summary = run_method(
+                        method,
+                        stream,
+                        n_bits=n_bits,
+                        hidden_dims=tuple(args.hidden),
+                        config=config,
+                        rho=args.rho,
+                        delta=args.delta,
+                        seed=seed,
+                    )
+                    summary.update(dataset=name, initial_bits=n_bits, seed=seed)
+                    all_summaries.append(summary)
+                    runs.append(summary)
+
+                def cell(key: str, runs: list[dict] = runs) -> str:
+                    values = [r.get(key) for r in runs]
+                    values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+                    if not values:
+                        return "–"
+                    mean = sum(values) / len(values)
+                    half = (max(values) - min(values)) / 2
+                    return f"{mean:.3f} ± {half:.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+                bits = sorted({r["final_bits"] for r in runs})
+                seconds = sum(r["seconds"] for r in runs) / len(runs)
                 row = (
-                    f"| {method} | {n_bits} | {_fmt(summary['mean_i2t'])} | {_fmt(summary['mean_t2i'])} "
-                    f"| {_fmt(summary['bwt_i2t'])} | {_fmt(summary['bwt_t2i'])} | {_fmt(summary.get('unified_i2t'))} "
-                    f"| {_fmt(summary.get('unified_t2i'))} | {_fmt(summary.get('unified_chance'))} "
-                    f"| {summary['final_bits']} | {_fmt(summary.get('prefix_drift'))} | {summary['seconds']:.1f} |"
+                    f"| {method} | {n_bits} | {cell('mean_i2t')} | {cell('mean_t2i')} | {cell('bwt_i2t')} "
+                    f"| {cell('bwt_t2i')} | {cell('unified_i2t')} | {cell('unified_t2i')} | {cell('unified_chance')} "
+                    f"| {'/'.join(map(str, bits))} | {cell('prefix_drift')} | {seconds:.1f} |"
                 )
                 print(row, flush=True)
                 lines.append(row)

@@ -4,9 +4,11 @@ Each method is the same :class:`~pbeh.trainer.ContinualTrainer` with different p
 comparison isolates what each part is worth:
 
 ========================  ==================================================================================
-``"pbeh"``                pbeh's defaults: per-sample prompt attention, features and prompts on one scale,
-                          old bits frozen on extension, epoch selection on a validation split, mode-centre
-                          extension rule.
+``"pbeh"``                pbeh's defaults: per-sample prompt attention over k-means prompts searched in every
+                          task's pool, features and prompts on one scale, cosine label similarity, the
+                          stored-code term, old bits frozen on extension, epoch selection on a validation
+                          split, mode-centre extension rule.
+``"pbeh-no-stored"``      pbeh without the stored-code term (the ablation of :func:`pbeh.losses.stored_code_loss`).
 ``"pbeh-reference"``      PBEH as released: cross-batch attention, randn prompts on raw features, old bit rows
                           keep training at 0.1·lr, epoch selection on the test queries (optimistic).
 ``"fixed-length"``        pbeh's defaults, never extend.
@@ -29,7 +31,7 @@ from .trainer import ContinualTrainer, TrainerConfig
 
 __all__ = ["METHODS", "build_trainer", "run_method"]
 
-METHODS = ("pbeh", "pbeh-reference", "fixed-length", "finetune", "joint")
+METHODS = ("pbeh", "pbeh-no-stored", "pbeh-reference", "fixed-length", "finetune", "joint")
 
 
 def build_trainer(
@@ -46,30 +48,35 @@ def build_trainer(
 ) -> ContinualTrainer:
     """A trainer configured as ``method`` (one of :data:`METHODS`) for ``stream``'s feature widths."""
     base = config or TrainerConfig()
-    weights = LossWeights()
+    weights = LossWeights.pbeh()
     pool_kwargs: dict[str, Any] = {}
     normalize = True
     use_prompts = True
     policy: Any = ModeCenterRule(rho=rho, delta=delta)
     if method == "pbeh":
         cfg = base
+    elif method == "pbeh-no-stored":
+        cfg = base
+        weights = LossWeights.pbeh(stored_codes=0.0)
     elif method == "pbeh-reference":
         cfg = dataclasses.replace(
             base,
             select_on="test",
+            prompt_init="normal",
             freeze_old_bits=False,
             similarity_target="reference",
             binary_similarity_normalize=False,
         )
-        pool_kwargs = {"attention": "batch", "init_std": 1.0}
+        pool_kwargs = {"attention": "batch", "init_std": 1.0, "selection": "newest", "task_seeds": "same"}
         normalize = False
+        weights = LossWeights()
     elif method == "fixed-length":
         cfg = base
         policy = NeverExtend()
     elif method == "finetune":
         cfg = base
         policy = NeverExtend()
-        weights = dataclasses.replace(weights, anchor=0.0)
+        weights = LossWeights(anchor=0.0)
         use_prompts = False
     elif method == "joint":
         cfg = base

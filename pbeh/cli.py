@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--method",
         default="pbeh",
-        choices=("pbeh", "pbeh-reference", "fixed-length", "finetune", "joint"),
+        choices=("pbeh", "pbeh-no-stored", "pbeh-reference", "fixed-length", "finetune", "joint"),
         help="pbeh's defaults, the reference recipe, or a baseline (default: pbeh)",
     )
     train.add_argument("--bits", type=int, default=32, help="initial code length (default: 32)")

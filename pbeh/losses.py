@@ -49,6 +49,7 @@ __all__ = [
     "quantization_loss",
     "sign",
     "similarity_loss",
+    "stored_code_loss",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -396,6 +397,41 @@ def anchor_loss(stored: Sequence[torch.Tensor], current: Sequence[torch.Tensor])
     return total
 
 
+def stored_code_loss(h: torch.Tensor, stored_codes: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """Asymmetric loss against stored binary codes of earlier tasks (pbeh; not in the reference).
+
+    ``MSE(cos(h_i[:K_s], b_j), S_ij)``: the prefix of each new output ``h_i`` (the bits the stored codes have) is
+    pulled toward the stored codes ``b_j ∈ {±1}^{K_s}`` of related items and away from unrelated ones (``S`` from
+    :func:`label_similarity`). The stored codes are constants: they were encoded once and are never re-encoded, so
+    this needs no old features (no replay) and keeps new tasks' codes out of the Hamming regions old tasks occupy.
+    Used cross-modally by the trainer: image outputs against stored text codes and text outputs against stored
+    image codes, as retrieval compares them.
+
+    Args:
+        h: new outputs ``(B, K)`` with ``K >= K_s``.
+        stored_codes: ``(M, K_s)`` ±1 codes (float).
+        S: ``(B, M)`` targets.
+
+    Example:
+        >>> h = torch.tensor([[1.0, 1.0, 0.0]])
+        >>> b = torch.tensor([[1.0, 1.0], [-1.0, -1.0]])
+        >>> round(float(stored_code_loss(h, b, torch.tensor([[1.0, 0.0]]))), 4)
+        0.5
+    """
+    h = _check_matrix(h, "h")
+    stored_codes = _check_matrix(stored_codes, "stored_codes")
+    k = stored_codes.shape[1]
+    if k > h.shape[1]:
+        raise ValueError(f"stored_codes: {k}-bit codes are longer than the outputs h ({h.shape[1]} bits)")
+    if S.shape != (h.shape[0], stored_codes.shape[0]):
+        raise ValueError(
+            f"S: expected shape {(h.shape[0], stored_codes.shape[0])} (batch x stored), got {tuple(S.shape)}"
+        )
+    prefix = torch.nn.functional.normalize(h[:, :k], dim=1)
+    inner = prefix @ stored_codes.to(h.dtype).T / math.sqrt(k)
+    return torch.nn.functional.mse_loss(inner, S.to(h.dtype))
+
+
 def batch_mode_center(codes: torch.Tensor) -> torch.Tensor:
     """Per-bit majority ("mode") centre ``sign(Σ_i codes_i)`` with a straight-through gradient to the column mean.
 
@@ -476,7 +512,8 @@ class LossWeights:
 
     The defaults are the reference's (the code default and its NUS-WIDE setting); :meth:`reference_coco` gives its
     MSCOCO setting (``distill=100``). ``center_separation`` is the term removed from the release (10 in PBEH's
-    initial commit), off by default.
+    initial commit), off by default. ``stored_codes`` weighs pbeh's asymmetric term against the stored database
+    codes of earlier tasks (:func:`stored_code_loss`), off in the reference; :meth:`pbeh` turns it on.
 
     Example:
         >>> LossWeights().distill, LossWeights.reference_coco().distill
@@ -493,6 +530,7 @@ class LossWeights:
     distill: float = 200.0
     anchor: float = 0.1
     center_separation: float = 0.0
+    stored_codes: float = 0.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -502,6 +540,17 @@ class LossWeights:
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{field.name}: expected a finite weight >= 0, got {value}")
             object.__setattr__(self, field.name, float(value))
+
+    @classmethod
+    def pbeh(cls, **overrides: float) -> LossWeights:
+        """pbeh's default weights: the reference's plus the stored-code term (``stored_codes=30``).
+
+        Measured on Wikipedia-5 at 32 bits (one seed): the unified score (every query against one index of all
+        tasks) rose from 0.200/0.243 (I→T/T→I, weight 0) to 0.230/0.297 (weight 30), while the per-task BWT
+        fell from −0.03 to −0.06: new tasks' codes keep out of old tasks' Hamming regions, at the price of old
+        queries drifting more. ``stored_codes=0`` restores the per-task-first trade-off.
+        """
+        return cls(**{"stored_codes": 30.0, **overrides})
 
     @classmethod
     def reference_coco(cls, **overrides: float) -> LossWeights:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 import pbeh.extension as extension
 from pbeh.codes import Codes
 from pbeh.extension import (
+    CollisionRule,
     ExtensionDecision,
     ExtensionPolicy,
     FixedSchedule,
@@ -333,7 +334,9 @@ def test_make_extension_policy():
     assert make_extension_policy("mode-center", rho=0.3, delta=2) == ModeCenterRule(rho=0.3, delta=2)
     assert make_extension_policy("never") == NeverExtend()
     assert make_extension_policy("fixed", schedule={1: 1}) == FixedSchedule(schedule={1: 1})
-    with pytest.raises(ValueError, match=r"name: expected one of \['fixed', 'mode-center', 'never'\], got 'mode'"):
+    with pytest.raises(
+        ValueError, match=r"name: expected one of \['collision', 'fixed', 'mode-center', 'never'\], got 'mode'"
+    ):
         make_extension_policy("mode")
     with pytest.raises(TypeError, match=r"'never' extension policy: unexpected option\(s\) \['rho'\]"):
         make_extension_policy("never", rho=0.1)
@@ -399,3 +402,63 @@ def test_collapse_report_cases():
     json.dumps(healthy)  # JSON-friendly values
     with pytest.raises(TypeError, match=r"codes: expected pbeh\.Codes"):
         code_collapse_report([[1, 0]])
+
+
+# ---------------------------------------------------------------------------------------------------- collision rule
+def _brute_collision(queries: np.ndarray, database: np.ndarray, labels: np.ndarray, radius: int) -> float:
+    """Fraction of items i with some j sharing no label at Hamming distance <= radius, by explicit loops."""
+    hits = 0
+    for i in range(len(queries)):
+        for j in range(len(database)):
+            if int((labels[i] * labels[j]).sum()) == 0 and int((queries[i] != database[j]).sum()) <= radius:
+                hits += 1
+                break
+    return hits / len(queries)
+
+
+@given(st.integers(1, 14), st.integers(1, 12), st.integers(0, 3), st.integers(0, 10_000))
+def test_collision_rule_matches_brute_force(n, n_bits, radius, seed):
+    rng = np.random.default_rng(seed)
+    image = rng.random((n, n_bits)) < 0.5
+    text = rng.random((n, n_bits)) < 0.5
+    labels = (rng.random((n, 3)) < 0.4).astype(np.uint8)
+    rule = CollisionRule(rho=0.25, radius=radius, delta=3)
+    decision = rule.decide(image_codes=Codes.from_bool(image), text_codes=Codes.from_bool(text), task=0, labels=labels)
+    i2t = _brute_collision(image, text, labels, radius)
+    t2i = _brute_collision(text, image, labels, radius)
+    assert decision.stats["collision_i2t"] == pytest.approx(i2t)
+    assert decision.stats["collision_t2i"] == pytest.approx(t2i)
+    assert decision.n_new_bits == (3 if max(i2t, t2i) > 0.25 else 0)
+
+
+def test_collision_rule_sampling_and_chunking_are_exact_when_everything_fits():
+    rng = np.random.default_rng(3)
+    codes = Codes.from_bool(rng.random((300, 6)) < 0.5)
+    labels = np.eye(4, dtype=np.uint8)[rng.integers(0, 4, 300)]
+    full = CollisionRule(max_items=300).collision_fraction(codes, codes, labels)
+    sampled = CollisionRule(max_items=100, seed=1).collision_fraction(codes, codes, labels)
+    assert full == pytest.approx(_brute_collision(codes.to_bool(), codes.to_bool(), labels, 0))
+    assert 0.0 <= sampled <= 1.0
+    assert CollisionRule(max_items=100, seed=1).collision_fraction(codes, codes, labels) == sampled  # seeded
+
+
+def test_collision_rule_config_round_trip_and_errors():
+    rule = CollisionRule(rho=0.2, delta=2, radius=1, max_items=64, seed=5)
+    assert extension_policy_from_config(json.loads(json.dumps(rule.to_config()))) == rule
+    assert make_extension_policy("collision", rho=0.2, delta=2, radius=1, max_items=64, seed=5) == rule
+    codes = Codes.from_bool(np.ones((2, 4), dtype=bool))
+    with pytest.raises(ValueError, match="labels: CollisionRule needs"):
+        rule.decide(image_codes=codes, text_codes=codes, task=0)
+    with pytest.raises(ValueError, match=r"labels: expected shape \(2, n_classes\)"):
+        rule.decide(image_codes=codes, text_codes=codes, task=0, labels=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="rho: expected a number in"):
+        CollisionRule(rho=1.5)
+    with pytest.raises(ValueError, match="radius"):
+        CollisionRule(radius=-1)
+
+
+def test_label_free_policies_ignore_labels():
+    codes = Codes.from_bool(np.ones((2, 4), dtype=bool))
+    labels = np.ones((2, 3))
+    assert NeverExtend().decide(image_codes=codes, text_codes=codes, task=0, labels=labels).n_new_bits == 0
+    assert ModeCenterRule().decide(image_codes=codes, text_codes=codes, task=0, labels=labels).n_new_bits == 0

@@ -25,6 +25,7 @@ from pbeh.losses import (
     quantization_loss,
     sign,
     similarity_loss,
+    stored_code_loss,
 )
 
 DT = torch.float64
@@ -383,7 +384,9 @@ def test_center_separation_errors():
 # ---------------------------------------------------------------------------------------------------- weights
 def test_loss_weights_defaults_are_the_reference():
     w = LossWeights()
-    assert dataclasses.astuple(w) == (0.1, 100.0, 1.0, 10.0, 1.0, 200.0, 0.1, 0.0)
+    assert dataclasses.astuple(w) == (0.1, 100.0, 1.0, 10.0, 1.0, 200.0, 0.1, 0.0, 0.0)
+    assert LossWeights.pbeh() == dataclasses.replace(w, stored_codes=30.0)
+    assert LossWeights.pbeh(stored_codes=0.0) == w
     assert LossWeights.reference_coco().distill == 100.0
     assert LossWeights.reference_coco(anchor=1.0).anchor == 1.0
     assert LossWeights.reference_nuswide() == w
@@ -514,7 +517,8 @@ def test_pbeh_loss_errors():
         pbeh_loss(hv, ht, labels, weights=LossWeights(distill=0), anchor_stored=[hv.detach()])
 
 
-@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(LossWeights)])
+# stored_codes is added by the trainer (it needs the stored database), not by pbeh_loss.
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(LossWeights) if f.name != "stored_codes"])
 def test_pbeh_loss_each_zero_weight_term_is_absent(name):
     hv, ht, labels, cross_image, cross_text = _batch(seed=80)
     center = torch.ones(8, dtype=DT)
@@ -524,3 +528,39 @@ def test_pbeh_loss_each_zero_weight_term_is_absent(name):
     assert name in terms_on
     _, terms_off = pbeh_loss(hv, ht, labels, weights=dataclasses.replace(on, **{name: 0.0}), **common)
     assert set(terms_off) == set(terms_on) - {name}
+
+
+def test_stored_code_loss_matches_loops():
+    gen = torch.Generator().manual_seed(5)
+    h = torch.randn(4, 7, generator=gen, dtype=DT)
+    stored = torch.sign(torch.randn(3, 5, generator=gen, dtype=DT))
+    S = torch.rand(4, 3, generator=gen, dtype=DT)
+    expected = 0.0
+    for i in range(4):
+        prefix = h[i, :5] / h[i, :5].norm()
+        for j in range(3):
+            cos = float(prefix @ stored[j]) / (5**0.5)
+            expected += (cos - float(S[i, j])) ** 2
+    assert float(stored_code_loss(h, stored, S)) == pytest.approx(expected / 12)
+
+
+def test_stored_code_loss_gradient_and_errors():
+    h = torch.randn(2, 4, dtype=DT, requires_grad=True)
+    stored = torch.ones(3, 4, dtype=DT)
+    stored_code_loss(h, stored, torch.zeros(2, 3, dtype=DT)).backward()
+    assert h.grad is not None
+    assert float(h.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="longer than the outputs"):
+        stored_code_loss(h, torch.ones(3, 5, dtype=DT), torch.zeros(2, 3, dtype=DT))
+    with pytest.raises(ValueError, match=r"S: expected shape \(2, 3\)"):
+        stored_code_loss(h, stored, torch.zeros(3, 2, dtype=DT))
+
+
+def test_cosine_label_similarity():
+    labels = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], dtype=DT)
+    S = label_similarity(labels, kind="cosine")
+    assert S[0, 0] == pytest.approx(1.0)
+    assert S[0, 1] == pytest.approx(2**-0.5)
+    assert S[0, 2] == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="kind: expected one of"):
+        label_similarity(labels, kind="jaccard")
