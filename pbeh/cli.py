@@ -85,6 +85,32 @@ def _add_stream_args(parser: argparse.ArgumentParser) -> None:
         help="synthetic (default, no download), wikipedia5, mirflickr730-4, or a file protocol of pbeh.data",
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="where the protocol's files are")
+    parser.add_argument(
+        "--n-tasks",
+        type=int,
+        default=None,
+        help="for the file protocols (npz, all-mat, train-test-mat): split the classes into this many tasks",
+    )
+    parser.add_argument(
+        "--order",
+        choices=("given", "frequency"),
+        default="given",
+        help="for the file protocols: class order of the split (default: given)",
+    )
+
+
+_FILE_PROTOCOLS = ("npz", "all-mat", "train-test-mat")
+
+
+def _load_stream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from .data import load_protocol
+
+    protocol = args.protocol.replace("_", "-").lower()
+    if protocol in _FILE_PROTOCOLS:
+        if args.n_tasks is None:
+            raise SystemExit(f"pbeh: --protocol {protocol} needs --n-tasks (how many tasks to split the classes into)")
+        return load_protocol(protocol, args.data_dir, n_tasks=args.n_tasks, order=args.order)
+    return load_protocol(protocol, args.data_dir)
 
 
 def _state_dir(run: Path) -> Path:
@@ -99,11 +125,11 @@ def _state_dir(run: Path) -> Path:
 
 def _train(args: argparse.Namespace) -> int:
     from .baselines import build_trainer
-    from .data import load_protocol
+    from .serialization import write_json
     from .trainer import TrainerConfig
 
     _set_threads(args.threads)
-    stream = load_protocol(args.protocol, args.data_dir)
+    stream = _load_stream(args)
     synthetic = args.protocol == "synthetic"
     if synthetic:
         print("Synthetic stream: seeded random multi-label data, not a real benchmark (see docs/).")
@@ -135,8 +161,7 @@ def _train(args: argparse.Namespace) -> int:
         trainer.fit([stream.joint()], resume=False)
         trainer = trainer.evaluate_stream(stream)
         trainer.save(args.out / "joint")
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "latest.json").write_text(json.dumps({"directory": "joint", "tasks_done": 1}))
+        write_json(args.out / "latest.json", {"directory": "joint", "tasks_done": 1})
     else:
         trainer.fit(stream, resume=not args.no_resume)
     _print_results(trainer.matrix, trainer.summary(), trainer.reports)
@@ -202,9 +227,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    from .data import load_protocol
-
-    print(load_protocol(args.protocol, args.data_dir).describe())
+    print(_load_stream(args).describe())
     return 0
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import check_positive_int, to_numpy
+
 __all__ = ["Codes", "hamming_distances", "popcount"]
 
 _POPCOUNT_TABLE = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
@@ -35,24 +37,6 @@ def _tail_mask(n_bits: int) -> int:
     """Mask of the real bits in the last byte of an ``n_bits`` code (0xFF when n_bits is a multiple of 8)."""
     r = n_bits % 8
     return 0xFF if r == 0 else (0xFF << (8 - r)) & 0xFF
-
-
-def _check_n_bits(n_bits: Any, name: str = "n_bits") -> int:
-    if isinstance(n_bits, bool) or not isinstance(n_bits, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive int, got {type(n_bits).__name__}")
-    if n_bits < 1:
-        raise ValueError(f"{name}: expected a positive int, got {n_bits}")
-    return int(n_bits)
-
-
-def _to_numpy(values: Any, name: str) -> np.ndarray:
-    """Accept numpy arrays, torch tensors (moved to CPU, detached) and nested sequences."""
-    if hasattr(values, "detach") and hasattr(values, "cpu"):
-        values = values.detach().cpu().numpy()
-    arr = np.asarray(values)
-    if arr.dtype == object:
-        raise TypeError(f"{name}: expected a numeric array, got an object array")
-    return arr
 
 
 class Codes:
@@ -76,8 +60,8 @@ class Codes:
     __hash__ = None  # type: ignore[assignment]  # mutable-looking array payload: not hashable
 
     def __init__(self, packed: np.ndarray, n_bits: int) -> None:
-        n_bits = _check_n_bits(n_bits)
-        arr = _to_numpy(packed, "packed")
+        n_bits = check_positive_int(n_bits, "n_bits")
+        arr = to_numpy(packed, "packed")
         if arr.dtype != np.uint8:
             raise TypeError(f"packed: expected dtype uint8, got {arr.dtype}")
         if arr.ndim != 2:
@@ -108,7 +92,7 @@ class Codes:
     @classmethod
     def from_bool(cls, bits: Any) -> Codes:
         """Pack a boolean (or 0/1) array of shape ``(n, n_bits)``."""
-        arr = _to_numpy(bits, "bits")
+        arr = to_numpy(bits, "bits")
         if arr.ndim != 2:
             raise ValueError(f"bits: expected a 2-D array (n, n_bits), got shape {arr.shape}")
         if arr.shape[1] < 1:
@@ -129,7 +113,7 @@ class Codes:
         always strictly binary (unlike ``torch.sign``, which returns 0 for 0). NaN is rejected.
         Accepts numpy arrays and torch tensors.
         """
-        arr = _to_numpy(values, "values")
+        arr = to_numpy(values, "values")
         if arr.ndim != 2:
             raise ValueError(f"values: expected a 2-D array (n, n_bits), got shape {arr.shape}")
         if arr.shape[1] < 1:
@@ -143,7 +127,7 @@ class Codes:
     @classmethod
     def empty(cls, n_bits: int) -> Codes:
         """Zero codes of length ``n_bits``."""
-        n_bits = _check_n_bits(n_bits)
+        n_bits = check_positive_int(n_bits, "n_bits")
         return cls(np.zeros((0, _n_bytes(n_bits)), dtype=np.uint8), n_bits)
 
     @classmethod
@@ -183,7 +167,7 @@ class Codes:
 
     def truncate(self, n_bits: int) -> Codes:
         """The first ``n_bits`` bits of every code (``n_bits`` must not exceed the current length)."""
-        n_bits = _check_n_bits(n_bits)
+        n_bits = check_positive_int(n_bits, "n_bits")
         if n_bits > self.n_bits:
             raise ValueError(f"n_bits: cannot truncate {self.n_bits}-bit codes to {n_bits} bits (longer)")
         if n_bits == self.n_bits:

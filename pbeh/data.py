@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import check_bool, check_fraction, check_int
 from .serialization import FormatError
 
 __all__ = [
@@ -158,23 +159,6 @@ def _labels_from_any(values: Any, name: str, *, n_classes: int | None = None, in
     hot = np.zeros((len(index), max(width, 1)), dtype=np.uint8)
     hot[np.arange(len(index)), index] = 1
     return hot
-
-
-def _check_fraction(value: Any, name: str, *, allow_one: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a float in (0, 1), got {type(value).__name__}")
-    upper_ok = value <= 1 if allow_one else value < 1
-    if not (value > 0 and upper_ok):
-        raise ValueError(f"{name}: expected a float in (0, {'1]' if allow_one else '1)'}, got {value}")
-    return float(value)
-
-
-def _check_int(value: Any, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return int(value)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -329,7 +313,7 @@ class Task:
         _check_same_widths(self.train, self.database, f"task {self.name!r} database")
         if len(self.train) == 0:
             raise ValueError(f"task {self.name!r} train: expected at least one training item, got 0")
-        classes = tuple(_check_int(c, "classes", minimum=0) for c in self.classes)
+        classes = tuple(check_int(c, "classes", minimum=0) for c in self.classes)
         if any(c >= self.train.n_classes for c in classes):
             raise ValueError(
                 f"task {self.name!r} classes: expected indices < n_classes={self.train.n_classes}, got {classes}"
@@ -355,8 +339,8 @@ class Task:
         Returns:
             ``(train_rest, validation)``: disjoint, together exactly the training items, each in the original order.
         """
-        fraction = _check_fraction(fraction, "fraction")
-        min_items = _check_int(min_items, "min_items", minimum=1)
+        fraction = check_fraction(fraction, "fraction")
+        min_items = check_int(min_items, "min_items", minimum=1)
         n = len(self.train)
         n_val = max(min_items, round(fraction * n))
         if n_val >= n:
@@ -415,7 +399,7 @@ class TaskStream:
         self.tasks: list[Task] = tasks
         self.label_names: list[str] = label_names
         self.name = name
-        self.n_dropped = _check_int(n_dropped, "n_dropped", minimum=0)
+        self.n_dropped = check_int(n_dropped, "n_dropped", minimum=0)
 
     @property
     def image_dim(self) -> int:
@@ -512,7 +496,7 @@ def _resolve_groups(
                     known = ", ".join(label_names) if label_names is not None else "none (label_names not given)"
                     raise ValueError(f"groups[{g}]: unknown class name {c!r}; known names: {known}")
                 c = position[c]
-            c = _check_int(c, f"groups[{g}]", minimum=0)
+            c = check_int(c, f"groups[{g}]", minimum=0)
             if c >= n_classes:
                 raise ValueError(f"groups[{g}]: class index {c} out of range for {n_classes} classes")
             if c in seen:
@@ -613,7 +597,7 @@ def class_incremental_split(
             raise ValueError("groups, n_tasks: give one of them, not both")
         group_list = _resolve_groups(groups, n_classes, label_names)
     elif n_tasks is not None:
-        n_tasks = _check_int(n_tasks, "n_tasks", minimum=1)
+        n_tasks = check_int(n_tasks, "n_tasks", minimum=1)
         if n_tasks > n_classes:
             raise ValueError(f"n_tasks: expected at most n_classes={n_classes} tasks, got {n_tasks}")
         if order == "given":
@@ -628,7 +612,7 @@ def class_incremental_split(
 
     if database not in ("train", "rest", "all"):
         raise ValueError(f"database: expected 'train', 'rest' or 'all', got {database!r}")
-    train_fraction = _check_fraction(train_fraction, "train_fraction", allow_one=True)
+    train_fraction = check_fraction(train_fraction, "train_fraction", allow_one=True)
     if database == "train" and train_fraction != 1.0:
         raise ValueError(
             f"train_fraction: must be 1.0 when database='train' (database = train), got {train_fraction}; "
@@ -642,9 +626,9 @@ def class_incremental_split(
     else:
         mask = None
         if query_size is not None:
-            query_size = _check_int(query_size, "query_size", minimum=0)
+            query_size = check_int(query_size, "query_size", minimum=0)
         else:
-            query_fraction = _check_fraction(query_fraction, "query_fraction")
+            query_fraction = check_fraction(query_fraction, "query_fraction")
 
     # latest task wins: the task of an item is the largest task index among its labels' groups
     task_of_class = np.full(n_classes, -1, dtype=np.int64)
@@ -1093,7 +1077,7 @@ def read_taskwise_mat(
     if not task_numbers:
         raise FormatError(f"{root}: no files of the {scheme!r} naming scheme")
     if n_tasks is not None:
-        n_tasks = _check_int(n_tasks, "n_tasks", minimum=1)
+        n_tasks = check_int(n_tasks, "n_tasks", minimum=1)
         if n_tasks > len(task_numbers):
             raise ValueError(
                 f"n_tasks: expected at most {len(task_numbers)} (tasks found: {task_numbers}), got {n_tasks}"
@@ -1237,14 +1221,13 @@ def synthetic_stream(
         >>> bool((a[0].train.image == b[0].train.image).all()), len(a), a.n_classes
         (True, 4, 12)
     """
-    n_tasks = _check_int(n_tasks, "n_tasks", minimum=1)
-    classes_per_task = _check_int(classes_per_task, "classes_per_task", minimum=1)
-    image_dim = _check_int(image_dim, "image_dim", minimum=1)
-    text_dim = _check_int(text_dim, "text_dim", minimum=1)
-    items_per_class = _check_int(items_per_class, "items_per_class", minimum=2)
-    latent_dim = _check_int(latent_dim, "latent_dim", minimum=1)
-    if not isinstance(multi_label, bool):
-        raise TypeError(f"multi_label: expected a bool, got {type(multi_label).__name__}")
+    n_tasks = check_int(n_tasks, "n_tasks", minimum=1)
+    classes_per_task = check_int(classes_per_task, "classes_per_task", minimum=1)
+    image_dim = check_int(image_dim, "image_dim", minimum=1)
+    text_dim = check_int(text_dim, "text_dim", minimum=1)
+    items_per_class = check_int(items_per_class, "items_per_class", minimum=2)
+    latent_dim = check_int(latent_dim, "latent_dim", minimum=1)
+    multi_label = check_bool(multi_label, "multi_label")
     if not 0 <= co_label_probability <= 1:
         raise ValueError(f"co_label_probability: expected a probability in [0, 1], got {co_label_probability}")
     if not noise >= 0:

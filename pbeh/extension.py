@@ -27,12 +27,12 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import numpy as np
 
+from ._validation import check_codes, check_in_interval, check_int
 from .codes import Codes, popcount
 
 __all__ = [
@@ -56,18 +56,9 @@ _CHUNK_ROWS = 65536
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def _check_codes(codes: Any, name: str) -> Codes:
-    if not isinstance(codes, Codes):
-        raise TypeError(f"{name}: expected pbeh.Codes, got {type(codes).__name__}; wrap arrays with Codes.from_*")
-    return codes
-
-
-def _check_int(value: Any, name: str, *, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int >= {minimum}, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
-    return int(value)
+def _check_rho(rho: Any) -> float:
+    """The fraction threshold of the rules: a number in ``[0, 1]``."""
+    return check_in_interval(rho, "rho", 0, 1, closed_low=True, closed_high=True, kind="a number")
 
 
 def _ones_per_bit(codes: Codes) -> np.ndarray:
@@ -94,7 +85,7 @@ def mode_center(codes: Codes) -> np.ndarray:
         >>> mode_center(Codes.from_bool([[1, 0, 1], [1, 1, 0]])).tolist()
         [1, 0, 0]
     """
-    codes = _check_codes(codes, "codes")
+    codes = check_codes(codes, "codes")
     column_sums = 2 * _ones_per_bit(codes) - len(codes)  # Σ_i b_i with b in {−1, +1}
     return np.sign(column_sums).astype(np.int8)
 
@@ -116,7 +107,7 @@ def mode_center_distances(codes: Codes, center: np.ndarray | None = None) -> np.
         >>> mode_center_distances(Codes.from_bool([[1, 0, 1], [1, 1, 0]])).tolist()  # two tied bits
         [2, 2]
     """
-    codes = _check_codes(codes, "codes")
+    codes = check_codes(codes, "codes")
     if center is None:
         center = mode_center(codes)
     center = np.asarray(center)
@@ -155,7 +146,7 @@ class ExtensionDecision:
     stats: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        _check_int(self.n_new_bits, "n_new_bits", minimum=0)
+        check_int(self.n_new_bits, "n_new_bits", minimum=0)
         if not isinstance(self.reason, str):
             raise TypeError(f"reason: expected a str, got {type(self.reason).__name__}")
 
@@ -194,14 +185,14 @@ class ExtensionPolicy(abc.ABC):
         """JSON-friendly config, including ``"name"``; see :func:`extension_policy_from_config`."""
 
     def _check_inputs(self, image_codes: Any, text_codes: Any, task: Any) -> tuple[Codes, Codes, int]:
-        image_codes = _check_codes(image_codes, "image_codes")
-        text_codes = _check_codes(text_codes, "text_codes")
+        image_codes = check_codes(image_codes, "image_codes")
+        text_codes = check_codes(text_codes, "text_codes")
         if image_codes.n_bits != text_codes.n_bits:
             raise ValueError(
                 f"image_codes, text_codes: expected codes of the same (newest) length, got {image_codes.n_bits} "
                 f"and {text_codes.n_bits} bits"
             )
-        return image_codes, text_codes, _check_int(task, "task", minimum=0)
+        return image_codes, text_codes, check_int(task, "task", minimum=0)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ExtensionPolicy):
@@ -243,12 +234,8 @@ class ModeCenterRule(ExtensionPolicy):
     name = "mode-center"
 
     def __init__(self, *, rho: float = 0.1, delta: int = 1) -> None:
-        if isinstance(rho, bool) or not isinstance(rho, (int, float, np.floating, np.integer)):
-            raise TypeError(f"rho: expected a number in [0, 1], got {type(rho).__name__}")
-        if not (math.isfinite(rho) and 0.0 <= rho <= 1.0):
-            raise ValueError(f"rho: expected a number in [0, 1], got {rho}")
-        self.rho = float(rho)
-        self.delta = _check_int(delta, "delta", minimum=1)
+        self.rho = _check_rho(rho)
+        self.delta = check_int(delta, "delta", minimum=1)
 
     def __repr__(self) -> str:
         return f"ModeCenterRule(rho={self.rho}, delta={self.delta})"
@@ -350,13 +337,13 @@ class FixedSchedule(ExtensionPolicy):
                 f"bits_per_task, schedule: expected exactly one of them, got bits_per_task={bits_per_task!r} and "
                 f"schedule={schedule!r}"
             )
-        self.bits_per_task = None if bits_per_task is None else _check_int(bits_per_task, "bits_per_task", minimum=0)
+        self.bits_per_task = None if bits_per_task is None else check_int(bits_per_task, "bits_per_task", minimum=0)
         self.schedule: dict[int, int] | None = None
         if schedule is not None:
             if not isinstance(schedule, Mapping):
                 raise TypeError(f"schedule: expected a mapping {{task: n_new_bits}}, got {type(schedule).__name__}")
             self.schedule = {
-                _check_int(task, "schedule key (task)", minimum=0): _check_int(bits, f"schedule[{task}]", minimum=0)
+                check_int(task, "schedule key (task)", minimum=0): check_int(bits, f"schedule[{task}]", minimum=0)
                 for task, bits in sorted(schedule.items())
             }
 
@@ -423,13 +410,11 @@ class CollisionRule(ExtensionPolicy):
     def __init__(
         self, *, rho: float = 0.1, delta: int = 1, radius: int = 0, max_items: int = 4096, seed: int = 0
     ) -> None:
-        if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= float(rho) <= 1.0:
-            raise ValueError(f"rho: expected a number in [0, 1], got {rho!r}")
-        self.rho = float(rho)
-        self.delta = _check_int(delta, "delta", minimum=1)
-        self.radius = _check_int(radius, "radius", minimum=0)
-        self.max_items = _check_int(max_items, "max_items", minimum=1)
-        self.seed = _check_int(seed, "seed", minimum=0)
+        self.rho = _check_rho(rho)
+        self.delta = check_int(delta, "delta", minimum=1)
+        self.radius = check_int(radius, "radius", minimum=0)
+        self.max_items = check_int(max_items, "max_items", minimum=1)
+        self.seed = check_int(seed, "seed", minimum=0)
 
     def __repr__(self) -> str:
         return (
@@ -573,7 +558,7 @@ def code_collapse_report(codes: Codes) -> dict[str, Any]:
         >>> report["constant_bits"], report["n_distinct_codes"], report["collapsed"]
         ([0], 3, True)
     """
-    codes = _check_codes(codes, "codes")
+    codes = check_codes(codes, "codes")
     n = len(codes)
     if n == 0:
         return {

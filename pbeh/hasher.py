@@ -25,7 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._validation import (
+    check_batch_tensor,
+    check_bool,
+    check_choice,
+    check_codes,
+    check_optional_int,
+    check_positive_int,
+)
 from .codes import Codes
 
 __all__ = ["ExtensibleHasher"]
@@ -40,18 +48,10 @@ __all__ = ["ExtensibleHasher"]
 _logger = logging.getLogger(__name__)
 
 
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value}")
-    return int(value)
-
-
 def _check_widths(name: str, values: Any) -> tuple[int, ...]:
     if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
         raise TypeError(f"{name}: expected a sequence of positive ints such as (4096, 4096), got {values!r}")
-    return tuple(_check_positive_int(f"{name}[{i}]", v) for i, v in enumerate(values))
+    return tuple(check_positive_int(v, f"{name}[{i}]") for i, v in enumerate(values))
 
 
 def _make_linear(in_features: int, out_features: int, gen: torch.Generator | None) -> nn.Linear:
@@ -131,8 +131,8 @@ class ExtensibleHasher(nn.Module):
         branch_hidden_dims: Sequence[int] = (256,),
     ) -> None:
         super().__init__()
-        self.in_dim = _check_positive_int("in_dim", in_dim)
-        n_bits = _check_positive_int("n_bits", n_bits)
+        self.in_dim = check_positive_int(in_dim, "in_dim")
+        n_bits = check_positive_int(n_bits, "n_bits")
         self.hidden_dims = _check_widths("hidden_dims", hidden_dims)
         self.branch_hidden_dims = _check_widths("branch_hidden_dims", branch_hidden_dims)
         if isinstance(modalities, str) or not isinstance(modalities, Sequence) or not modalities:
@@ -140,9 +140,7 @@ class ExtensibleHasher(nn.Module):
         if not all(isinstance(m, str) and m for m in modalities) or len(set(modalities)) != len(modalities):
             raise ValueError(f"modalities: expected distinct non-empty strings, got {list(modalities)!r}")
         self.modalities = tuple(modalities)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise TypeError(f"seed: expected an int or None, got {type(seed).__name__}")
-        self.seed = None if seed is None else int(seed)
+        self.seed = check_optional_int(seed, "seed")
         self.width_history: list[int] = [n_bits]
         self.frozen_history: list[bool] = []
         gen = None if self.seed is None else torch.Generator().manual_seed(self.seed)
@@ -221,20 +219,10 @@ class ExtensibleHasher(nn.Module):
 
     # ------------------------------------------------------------------ computing
     def _check_modality(self, modality: Any) -> str:
-        if modality not in self.modalities:
-            raise ValueError(f"modality: expected one of {list(self.modalities)}, got {modality!r}")
-        return modality
+        return check_choice(modality, "modality", self.modalities)
 
     def _check_z(self, z: Any) -> torch.Tensor:
-        if not isinstance(z, torch.Tensor):
-            raise TypeError(f"z: expected a torch.Tensor of shape (batch, {self.in_dim}), got {type(z).__name__}")
-        if z.ndim != 2 or z.shape[1] != self.in_dim:
-            raise ValueError(f"z: expected shape (batch, {self.in_dim}), got {tuple(z.shape)}")
-        if z.dtype != self.dtype:
-            raise TypeError(f"z: expected dtype {self.dtype} (the hasher's), got {z.dtype}")
-        if z.device != self.device:
-            raise ValueError(f"z: expected a tensor on {self.device} (the hasher's device), got one on {z.device}")
-        return z
+        return check_batch_tensor(z, "z", width=self.in_dim, dtype=self.dtype, device=self.device, owner="hasher")
 
     def logits(self, z: torch.Tensor, modality: str) -> torch.Tensor:
         """Head outputs before L2 normalisation, ``(B, n_bits)``; their signs are the codes."""
@@ -254,18 +242,9 @@ class ExtensibleHasher(nn.Module):
         ``z`` is moved to the hasher's device and dtype. The training flag is restored afterwards.
         """
         self._check_modality(modality)
-        batch_size = _check_positive_int("batch_size", batch_size)
+        batch_size = check_positive_int(batch_size, "batch_size")
         z = self._check_z(_to_tensor(z, "z", self.device, self.dtype))
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                parts = [self.logits(z[i : i + batch_size], modality).cpu() for i in range(0, len(z), batch_size)]
-        finally:
-            self.train(was_training)
-        if not parts:
-            return Codes.empty(self.n_bits)
-        return Codes.from_signs(torch.cat(parts).float().numpy())
+        return _encode_in_batches(self, len(z), batch_size, lambda rows: self.logits(z[rows], modality), self.n_bits)
 
     def prefix_drift(self, stored: Codes, z: Any, modality: str) -> float:
         """Fraction of the stored codes' bits that re-encoding ``z`` now would flip.
@@ -283,9 +262,8 @@ class ExtensibleHasher(nn.Module):
         their signs too). New rows get PyTorch's default Linear initialisation (seeded when ``seed`` was
         given).
         """
-        n_new_bits = _check_positive_int("n_new_bits", n_new_bits)
-        if not isinstance(freeze_old, bool):
-            raise TypeError(f"freeze_old: expected a bool, got {type(freeze_old).__name__}")
+        n_new_bits = check_positive_int(n_new_bits, "n_new_bits")
+        freeze_old = check_bool(freeze_old, "freeze_old")
         step = len(self.frozen_history) + 1
         gen = None if self.seed is None else torch.Generator().manual_seed(self.seed + 1_000_003 * step)
         device, dtype = self.device, self.dtype
@@ -322,9 +300,30 @@ def _to_tensor(values: Any, name: str, device: torch.device, dtype: torch.dtype)
     return values.to(device=device, dtype=dtype)
 
 
+def _encode_in_batches(
+    module: nn.Module, n_rows: int, batch_size: int, logits: Callable[[slice], torch.Tensor], n_bits: int
+) -> Codes:
+    """``n_bits``-bit codes of ``n_rows`` inputs from their logits, computed ``batch_size`` rows at a time.
+
+    ``logits(rows)`` returns the ``(len(rows), n_bits)`` head outputs of the input rows ``rows`` (a slice); their
+    signs are the codes. It runs with ``module`` in eval mode under :func:`torch.inference_mode`; the training
+    flag of ``module`` is restored afterwards. Shared by :meth:`ExtensibleHasher.encode` and
+    :meth:`pbeh.model.CrossModalHashModel.encode`.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            parts = [logits(slice(i, i + batch_size)).cpu() for i in range(0, n_rows, batch_size)]
+    finally:
+        module.train(was_training)
+    if not parts:
+        return Codes.empty(n_bits)
+    return Codes.from_signs(torch.cat(parts).float().numpy())
+
+
 def _prefix_drift(stored: Any, current: Codes, n_bits: int, n_inputs: int) -> float:
-    if not isinstance(stored, Codes):
-        raise TypeError(f"stored: expected pbeh.Codes, got {type(stored).__name__}")
+    stored = check_codes(stored, "stored")
     if stored.n_bits > n_bits:
         raise ValueError(
             f"stored: codes of {stored.n_bits} bits are longer than the current {n_bits}-bit codes; "

@@ -65,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from . import _faiss
+from ._validation import check_choice, check_codes, check_in_interval, check_positive_int
 from .codes import Codes
 from .serialization import FormatError, load_safetensors, read_safetensors_metadata, save_safetensors
 
@@ -89,39 +90,6 @@ FILL_N_BITS = 0
 # Queries are searched in blocks of at most this many (query, candidate) pairs, so that searching many queries for a
 # large k does not build multi-gigabyte merge arrays.
 _CANDIDATES_PER_BLOCK = 1 << 22
-
-
-def _check_score(score: Any, name: str = "score") -> str:
-    if isinstance(score, str) and score in SCORE_POLICIES:
-        return score
-    else:
-        raise ValueError(f"{name}: expected one of {', '.join(map(repr, SCORE_POLICIES))}, got {score!r}")
-
-
-def _check_flip_probability(p: Any) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
-        raise TypeError(f"flip_probability: expected a float in (0, 0.5), got {type(p).__name__}")
-    p = float(p)
-    if not 0.0 < p < 0.5:
-        raise ValueError(f"flip_probability: expected a float in (0, 0.5) (exclusive), got {p!r}")
-    return p
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive int, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return int(value)
-
-
-def _check_codes(codes: Any, name: str) -> Codes:
-    if not isinstance(codes, Codes):
-        raise TypeError(
-            f"{name}: expected pbeh.Codes, got {type(codes).__name__}; wrap packed bytes with "
-            "Codes.from_packed(packed, n_bits) or real values with Codes.from_signs(values)"
-        )
-    return codes
 
 
 def _as_id_array(ids: Any, name: str = "ids") -> np.ndarray:
@@ -157,7 +125,7 @@ def score_distances(distances: Any, n_bits_compared: Any, score: str, *, flip_pr
         >>> score_distances([8, 16], [32, 64], "normalized").tolist()
         [0.75, 0.75]
     """
-    score = _check_score(score)
+    score = check_choice(score, "score", SCORE_POLICIES, bracketed=False)
     d = np.asarray(distances, dtype=np.float64)
     n = np.asarray(n_bits_compared, dtype=np.float64)
     if score == "hamming":
@@ -168,9 +136,9 @@ def score_distances(distances: Any, n_bits_compared: Any, score: str, *, flip_pr
         m = n - 2.0 * d
         return np.sign(m) * np.sqrt(m * m / n)
     elif score == "llr":
-        p = _check_flip_probability(flip_probability)
+        p = check_in_interval(flip_probability, "flip_probability", 0, 0.5)
         return (n - d) * math.log(2.0 * (1.0 - p)) + d * math.log(2.0 * p)
-    else:  # pragma: no cover - _check_score rejects everything else
+    else:  # pragma: no cover - check_choice rejects everything else
         raise ValueError(f"score: unknown policy {score!r}")
 
 
@@ -273,9 +241,9 @@ class TruncatedHammingIndex:
     """
 
     def __init__(self, *, score: str = "zscore", threads: int = 1, flip_probability: float = 0.2) -> None:
-        self._score = _check_score(score)
-        self._threads = _check_positive_int(threads, "threads")
-        self._flip_probability = _check_flip_probability(flip_probability)
+        self._score = check_choice(score, "score", SCORE_POLICIES, bracketed=False)
+        self._threads = check_positive_int(threads, "threads")
+        self._flip_probability = check_in_interval(flip_probability, "flip_probability", 0, 0.5)
         self._segments: dict[int, _Segment] = {}
         self._next_id = 0
 
@@ -320,7 +288,7 @@ class TruncatedHammingIndex:
     def get_ids(self, *, n_bits: int | None = None) -> np.ndarray:
         """All stored ids, ascending, as ``int64``; only those stored at ``n_bits`` bits when given."""
         if n_bits is not None:
-            n_bits = _check_positive_int(n_bits, "n_bits")
+            n_bits = check_positive_int(n_bits, "n_bits")
             seg = self._segments.get(n_bits)
             return np.zeros(0, dtype=np.int64) if seg is None else seg.ids.copy()
         if not self._segments:
@@ -351,7 +319,7 @@ class TruncatedHammingIndex:
         """
         wanted = _as_id_array(ids)
         if n_bits is not None:
-            n_bits = _check_positive_int(n_bits, "n_bits")
+            n_bits = check_positive_int(n_bits, "n_bits")
         seg_bits, positions = self._locate(wanted)
         missing = wanted[positions < 0]
         if missing.size:
@@ -391,7 +359,7 @@ class TruncatedHammingIndex:
         Raises:
             ValueError: a wrong number of ids, a negative id, or a duplicate id (in the batch or already stored).
         """
-        codes = _check_codes(codes, "codes")
+        codes = check_codes(codes, "codes")
         n = len(codes)
         if ids is None:
             if self._next_id + n - 1 > _INT64_MAX:
@@ -471,9 +439,9 @@ class TruncatedHammingIndex:
             A :class:`SearchResult` of ``(len(query_codes), k)`` arrays, filled with id ``-1`` (distance ``-1``,
             score ``-inf``, ``n_bits_compared`` 0) where the index holds fewer than ``k`` items.
         """
-        query_codes = _check_codes(query_codes, "query_codes")
-        k = _check_positive_int(k, "k")
-        policy = self._score if score is None else _check_score(score)
+        query_codes = check_codes(query_codes, "query_codes")
+        k = check_positive_int(k, "k")
+        policy = self._score if score is None else check_choice(score, "score", SCORE_POLICIES, bracketed=False)
         nq = len(query_codes)
         ids = np.full((nq, k), FILL_ID, dtype=np.int64)
         distances = np.full((nq, k), FILL_DISTANCE, dtype=np.int32)

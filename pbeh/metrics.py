@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from ._validation import check_choice, check_optional_positive_int, check_positive_int, check_real, to_numpy
 from .codes import Codes
 from .serialization import FormatError, atomic_write_bytes, read_json, write_json
 
@@ -71,37 +72,11 @@ _NO_RELEVANT_RULES = ("zero", "exclude")
 
 
 # ====================================================================================================== validation
-def _check_option(value: Any, name: str, allowed: Sequence[str]) -> str:
-    if isinstance(value, str) and value in allowed:
-        return value
-    raise ValueError(f"{name}: expected one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
-
-
-def _check_positive_int(value: Any, name: str, *, allow_none: bool) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        expected = "a positive int or None" if allow_none else "a positive int"
-        raise TypeError(f"{name}: expected {expected}, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value}")
-    return int(value)
-
-
-def _to_numpy(values: Any, name: str) -> np.ndarray:
-    if hasattr(values, "detach") and hasattr(values, "cpu"):  # a torch tensor, without importing torch
-        values = values.detach().cpu().numpy()
-    arr = np.asarray(values)
-    if arr.dtype == object:
-        raise TypeError(f"{name}: expected a numeric array, got an object array")
-    return arr
-
-
 def _as_codes(values: Any, name: str) -> Codes:
     """``Codes`` pass through; boolean arrays are bits; real or ±1 arrays are binarised by sign (>= 0 is bit 1)."""
     if isinstance(values, Codes):
         return values
-    arr = _to_numpy(values, name)
+    arr = to_numpy(values, name)
     if arr.ndim != 2:
         raise ValueError(f"{name}: expected Codes or a 2-D array (n, n_bits), got shape {arr.shape}")
     if arr.dtype == np.bool_:
@@ -173,7 +148,7 @@ class _Relevance:
 
 
 def _labels_array(labels: Any, name: str) -> np.ndarray:
-    arr = _to_numpy(labels, name)
+    arr = to_numpy(labels, name)
     if arr.ndim not in (1, 2):
         raise ValueError(
             f"{name}: expected 1-D class ids (n,) or 2-D multi-hot labels (n, n_classes), got shape {arr.shape}"
@@ -189,7 +164,7 @@ def _prepare_relevance(query_labels: Any, db_labels: Any, relevance: Any, n_quer
     if relevance is not None:
         if query_labels is not None or db_labels is not None:
             raise ValueError("relevance: give either relevance or query_labels and db_labels, not both")
-        rel = _to_numpy(relevance, "relevance")
+        rel = to_numpy(relevance, "relevance")
         if rel.shape != (n_queries, n_db):
             raise ValueError(f"relevance: expected shape (n_queries, n_db) = ({n_queries}, {n_db}), got {rel.shape}")
         if rel.dtype != np.bool_:
@@ -470,9 +445,9 @@ def average_precision_per_query(
         >>> average_precision_per_query(q, db, relevance=rel, ties="average").tolist()  # (1/2 + 1/3) / 2
         [0.41666666666666663]
     """
-    ties = _check_option(ties, "ties", _TIE_RULES)
-    k = _check_positive_int(k, "k", allow_none=True)
-    chunk_size = _check_positive_int(chunk_size, "chunk_size", allow_none=True)
+    ties = check_choice(ties, "ties", _TIE_RULES, bracketed=False)
+    k = check_optional_positive_int(k, "k")
+    chunk_size = check_optional_positive_int(chunk_size, "chunk_size")
     problem = _prepare(query_codes, db_codes, query_labels, db_labels, relevance)
     k_eff = problem.n_db if k is None else min(k, problem.n_db)
     harmonic = _harmonic(problem.n_db) if ties == "average" else None
@@ -545,7 +520,7 @@ def map_at_k(
         >>> round(map_at_k(q, db, labels_q, labels_db[::-1]), 4)  # the relevant item of query 0 now ranks 2nd
         0.6667
     """
-    no_relevant = _check_option(no_relevant, "no_relevant", _NO_RELEVANT_RULES)
+    no_relevant = check_choice(no_relevant, "no_relevant", _NO_RELEVANT_RULES, bracketed=False)
     per_query = average_precision_per_query(
         query_codes, db_codes, query_labels, db_labels, k=k, ties=ties, relevance=relevance, chunk_size=chunk_size
     )
@@ -563,9 +538,9 @@ def _hits_at_k(
     chunk_size: Any,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(relevant items within the top k, relevant items in the database) per query, and the effective k."""
-    ties = _check_option(ties, "ties", _TIE_RULES)
-    k = _check_positive_int(k, "k", allow_none=False)
-    chunk_size = _check_positive_int(chunk_size, "chunk_size", allow_none=True)
+    ties = check_choice(ties, "ties", _TIE_RULES, bracketed=False)
+    k = check_positive_int(k, "k")
+    chunk_size = check_optional_positive_int(chunk_size, "chunk_size")
     problem = _prepare(query_codes, db_codes, query_labels, db_labels, relevance)
     k_eff = min(k, problem.n_db)
     hits = np.empty(problem.n_queries, dtype=np.float64)
@@ -611,7 +586,7 @@ def precision_at_k(
         >>> precision_at_k(q, db, relevance=[[False, True, True]], k=1, ties="average")
         0.5
     """
-    no_relevant = _check_option(no_relevant, "no_relevant", _NO_RELEVANT_RULES)
+    no_relevant = check_choice(no_relevant, "no_relevant", _NO_RELEVANT_RULES, bracketed=False)
     hits, total, k_eff = _hits_at_k(query_codes, db_codes, query_labels, db_labels, k, ties, relevance, chunk_size)
     return _reduce(np.where(total > 0, hits / k_eff, np.nan), no_relevant)
 
@@ -638,7 +613,7 @@ def recall_at_k(
         >>> recall_at_k(q, db, relevance=[[True, False, True]], k=2)
         0.5
     """
-    no_relevant = _check_option(no_relevant, "no_relevant", _NO_RELEVANT_RULES)
+    no_relevant = check_choice(no_relevant, "no_relevant", _NO_RELEVANT_RULES, bracketed=False)
     hits, total, _ = _hits_at_k(query_codes, db_codes, query_labels, db_labels, k, ties, relevance, chunk_size)
     return _reduce(np.divide(hits, total, out=np.full(len(total), np.nan), where=total > 0), no_relevant)
 
@@ -684,8 +659,8 @@ def pr_curve(
         >>> curve.precision.tolist(), curve.recall.tolist()
         ([1.0, 0.5, 0.6666666666666666], [0.5, 0.5, 1.0])
     """
-    no_relevant = _check_option(no_relevant, "no_relevant", _NO_RELEVANT_RULES)
-    chunk_size = _check_positive_int(chunk_size, "chunk_size", allow_none=True)
+    no_relevant = check_choice(no_relevant, "no_relevant", _NO_RELEVANT_RULES, bracketed=False)
+    chunk_size = check_optional_positive_int(chunk_size, "chunk_size")
     problem = _prepare(query_codes, db_codes, query_labels, db_labels, relevance)
     n_levels = problem.n_bits + 1
     precision_sum = np.zeros(n_levels)
@@ -724,9 +699,7 @@ def _check_index(value: Any, name: str, upper: int) -> int:
 
 
 def _check_value(value: Any, name: str, *, allow_nan: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__}")
-    value = float(value)
+    value = check_real(value, name)
     if math.isnan(value) and allow_nan:
         return value
     if not math.isfinite(value):
@@ -764,7 +737,7 @@ class ContinualMatrix:
     """
 
     def __init__(self, n_tasks: int, *, directions: Sequence[str] = ("i2t", "t2i")) -> None:
-        self.n_tasks = int(_check_positive_int(n_tasks, "n_tasks", allow_none=False))  # type: ignore[arg-type]
+        self.n_tasks = check_positive_int(n_tasks, "n_tasks")
         if isinstance(directions, str) or not isinstance(directions, Sequence):
             raise TypeError(f"directions: expected a sequence of names such as ('i2t', 't2i'), got {directions!r}")
         names = tuple(directions)
@@ -781,7 +754,7 @@ class ContinualMatrix:
 
     # ------------------------------------------------------------------ recording
     def _check_direction(self, direction: Any) -> str:
-        return _check_option(direction, "direction", self.directions)
+        return check_choice(direction, "direction", self.directions, bracketed=False)
 
     def record(self, t: int, i: int, direction: str, value: float) -> None:
         """Set ``R[t, i]`` of ``direction`` (after training task ``t``, query/database set ``i <= t``)."""

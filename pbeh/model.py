@@ -39,9 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._validation import (
+    check_batch_tensor,
+    check_bool,
+    check_choice,
+    check_int,
+    check_positive_int,
+    check_positive_real,
+)
 from ._version import __version__
 from .codes import Codes
-from .hasher import ExtensibleHasher, _prefix_drift
+from .hasher import ExtensibleHasher, _encode_in_batches, _prefix_drift
 from .prompts import MODALITIES, PromptPool
 from .serialization import FormatError, load_safetensors, read_json, save_safetensors, write_json
 
@@ -54,20 +62,6 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _KIND = "model"
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16}
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value}")
-    return int(value)
-
-
-def _check_modality(modality: Any) -> str:
-    if modality not in MODALITIES:
-        raise ValueError(f"modality: expected one of {list(MODALITIES)}, got {modality!r}")
-    return modality
 
 
 class CrossModalHashModel(nn.Module):
@@ -122,23 +116,15 @@ class CrossModalHashModel(nn.Module):
         use_prompts: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(use_prompts, bool):
-            raise TypeError(f"use_prompts: expected a bool, got {type(use_prompts).__name__}")
-        self.use_prompts = use_prompts
-        self.image_dim = _check_positive_int("image_dim", image_dim)
-        self.text_dim = _check_positive_int("text_dim", text_dim)
-        self.dim = max(self.image_dim, self.text_dim) if dim is None else _check_positive_int("dim", dim)
-        if not isinstance(normalize_features, bool):
-            raise TypeError(f"normalize_features: expected a bool, got {type(normalize_features).__name__}")
-        self.normalize_features = normalize_features
+        self.use_prompts = check_bool(use_prompts, "use_prompts")
+        self.image_dim = check_positive_int(image_dim, "image_dim")
+        self.text_dim = check_positive_int(text_dim, "text_dim")
+        self.dim = max(self.image_dim, self.text_dim) if dim is None else check_positive_int(dim, "dim")
+        self.normalize_features = check_bool(normalize_features, "normalize_features")
         if feature_norm is None:
             feature_norm = math.sqrt(self.dim)
-        if isinstance(feature_norm, bool) or not isinstance(feature_norm, (int, float)) or not feature_norm > 0:
-            raise ValueError(f"feature_norm: expected a positive float or None, got {feature_norm!r}")
-        self.feature_norm = float(feature_norm)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
-        self.seed = int(seed)
+        self.feature_norm = check_positive_real(feature_norm, "feature_norm", expected="a positive float or None")
+        self.seed = check_int(seed, "seed")
         if pool_kwargs is None:
             pool_kwargs = {}
         if not isinstance(pool_kwargs, Mapping):
@@ -210,7 +196,7 @@ class CrossModalHashModel(nn.Module):
 
     def feature_dim(self, modality: str) -> int:
         """Input feature width of ``modality``."""
-        return self.image_dim if _check_modality(modality) == "image" else self.text_dim
+        return self.image_dim if check_choice(modality, "modality", MODALITIES) == "image" else self.text_dim
 
     def _map(self, modality: str) -> nn.Module:
         return self.image_proj if modality == "image" else self.text_proj
@@ -235,23 +221,15 @@ class CrossModalHashModel(nn.Module):
 
     # ------------------------------------------------------------------ computing
     def _check_features(self, features: Any, modality: str) -> torch.Tensor:
-        width = self.feature_dim(modality)
-        if not isinstance(features, torch.Tensor):
-            raise TypeError(
-                f"features: expected a torch.Tensor of shape (batch, {width}) for {modality}, "
-                f"got {type(features).__name__}"
-            )
-        if features.ndim != 2 or features.shape[1] != width:
-            raise ValueError(
-                f"features: expected shape (batch, {width}) for {modality} features, got {tuple(features.shape)}"
-            )
-        if features.dtype != self.dtype:
-            raise TypeError(f"features: expected dtype {self.dtype} (the model's), got {features.dtype}")
-        if features.device != self.device:
-            raise ValueError(
-                f"features: expected a tensor on {self.device} (the model's device), got one on {features.device}"
-            )
-        return features
+        return check_batch_tensor(
+            features,
+            "features",
+            width=self.feature_dim(modality),
+            dtype=self.dtype,
+            device=self.device,
+            owner="model",
+            context=f" for {modality} features",
+        )
 
     def _as_input(self, features: Any, modality: str) -> torch.Tensor:
         """Numpy arrays or tensors, moved to the model's device and dtype, then checked."""
@@ -265,7 +243,7 @@ class CrossModalHashModel(nn.Module):
 
     def project(self, features: torch.Tensor, modality: str) -> torch.Tensor:
         """Map features ``(B, D_modality)`` into the prompt width: ``x`` ``(B, dim)``."""
-        _check_modality(modality)
+        check_choice(modality, "modality", MODALITIES)
         features = self._check_features(features, modality)
         if self.normalize_features:
             features = F.normalize(features, dim=1) * self.feature_norm
@@ -294,22 +272,16 @@ class CrossModalHashModel(nn.Module):
         With ``attention="batch"`` (the reference quirk) codes depend on how the rows are batched; the default
         ``"sample"`` attention gives the same code for an item whatever ``batch_size``.
         """
-        _check_modality(modality)
-        batch_size = _check_positive_int("batch_size", batch_size)
+        check_choice(modality, "modality", MODALITIES)
+        batch_size = check_positive_int(batch_size, "batch_size")
         features = self._as_input(features, modality)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                parts = [
-                    self.hasher.logits(self._z(features[i : i + batch_size], modality), modality).cpu()
-                    for i in range(0, len(features), batch_size)
-                ]
-        finally:
-            self.train(was_training)
-        if not parts:
-            return Codes.empty(self.n_bits)
-        return Codes.from_signs(torch.cat(parts).float().numpy())
+        return _encode_in_batches(
+            self,
+            len(features),
+            batch_size,
+            lambda rows: self.hasher.logits(self._z(features[rows], modality), modality),
+            self.n_bits,
+        )
 
     def prefix_drift(self, stored: Codes, features: Any, modality: str) -> float:
         """Fraction of the bits of ``stored`` (earlier codes of ``features``) that re-encoding would flip."""

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._validation import check_batch_tensor, check_choice, check_int, check_positive_int, check_positive_real
+
 __all__ = ["MODALITIES", "PromptPool"]
 
 _logger = logging.getLogger(__name__)
@@ -55,26 +57,6 @@ _INITS = ("normal", "kmeans")
 
 _KMEANS_ITERS = 25
 _KMEANS_MAX_ROWS = 50_000
-
-
-def _check_modality(modality: Any) -> str:
-    if modality not in MODALITIES:
-        raise ValueError(f"modality: expected one of {list(MODALITIES)}, got {modality!r}")
-    return modality
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    if value in allowed:
-        return value
-    raise ValueError(f"{name}: expected one of {list(allowed)}, got {value!r}")
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected a positive int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value}")
-    return int(value)
 
 
 def _features_to_tensor(values: Any, name: str, dim: int) -> torch.Tensor:
@@ -215,22 +197,18 @@ class PromptPool(nn.Module):
         task_seeds: str = "per_task",
     ) -> None:
         super().__init__()
-        self.dim = _check_positive_int("dim", dim)
-        self.sharing = _check_choice("sharing", sharing, _SHARING)
-        self.attention = _check_choice("attention", attention, _ATTENTION)
-        self.selection = _check_choice("selection", selection, _SELECTION)
-        self.task_seeds = _check_choice("task_seeds", task_seeds, _TASK_SEEDS)
-        self.num_heads = _check_positive_int("num_heads", num_heads)
+        self.dim = check_positive_int(dim, "dim")
+        self.sharing = check_choice(sharing, "sharing", _SHARING)
+        self.attention = check_choice(attention, "attention", _ATTENTION)
+        self.selection = check_choice(selection, "selection", _SELECTION)
+        self.task_seeds = check_choice(task_seeds, "task_seeds", _TASK_SEEDS)
+        self.num_heads = check_positive_int(num_heads, "num_heads")
         if self.dim % self.num_heads:
             raise ValueError(f"num_heads: must divide dim={self.dim}, got {self.num_heads}")
         if init_std is None:
             init_std = 1.0 / math.sqrt(self.dim)
-        if isinstance(init_std, bool) or not isinstance(init_std, (int, float)) or not init_std > 0:
-            raise ValueError(f"init_std: expected a positive float or None, got {init_std!r}")
-        self.init_std = float(init_std)
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise TypeError(f"seed: expected an int, got {type(seed).__name__}")
-        self.seed = int(seed)
+        self.init_std = check_positive_real(init_std, "init_std", expected="a positive float or None")
+        self.seed = check_int(seed, "seed")
         self.attn = nn.ModuleDict(
             {m: nn.MultiheadAttention(self.dim, self.num_heads, batch_first=True) for m in MODALITIES}
         )
@@ -280,16 +258,15 @@ class PromptPool(nn.Module):
         )
 
     def _check_task(self, task: Any) -> int:
-        if isinstance(task, bool) or not isinstance(task, (int, np.integer)):
-            raise TypeError(f"task: expected an int, got {type(task).__name__}")
+        task = check_int(task, "task")
         if not 0 <= task < self.n_tasks:
             raise IndexError(f"task: expected 0 <= task < {self.n_tasks} (tasks added so far), got {task}")
-        return int(task)
+        return task
 
     def prompts(self, task: int, modality: str = "image") -> torch.Tensor:
         """The prompt rows ``(n_task, dim)`` of ``task`` used by ``modality`` (a view: gradients flow)."""
         task = self._check_task(task)
-        _check_modality(modality)
+        check_choice(modality, "modality", MODALITIES)
         rows = self.pools[task]
         if self.sharing == "shared":
             return rows
@@ -333,12 +310,12 @@ class PromptPool(nn.Module):
                 needed by ``init="kmeans"`` (at least one for ``"shared"``, both for ``"specific"``), ignored
                 otherwise.
         """
-        init = _check_choice("init", init, _INITS)
+        init = check_choice(init, "init", _INITS)
         if n_prompts is not None:
-            n = _check_positive_int("n_prompts", n_prompts)
+            n = check_positive_int(n_prompts, "n_prompts")
         elif n_train is not None:
-            n_train = _check_positive_int("n_train", n_train)
-            per = _check_positive_int("samples_per_prompt", samples_per_prompt)
+            n_train = check_positive_int(n_train, "n_train")
+            per = check_positive_int(samples_per_prompt, "samples_per_prompt")
             n = math.ceil(n_train / per)
         else:
             raise ValueError(
@@ -352,7 +329,7 @@ class PromptPool(nn.Module):
             rows = torch.randn(rows_per_modality * n, self.dim, generator=gen) * self.init_std
         elif init == "kmeans":
             rows = self._kmeans_rows(n, seed, image_features, text_features)
-        else:  # pragma: no cover - _check_choice already rejected it
+        else:  # pragma: no cover - check_choice already rejected it
             raise ValueError(f"init: expected one of {list(_INITS)}, got {init!r}")
         for p in self.pools:
             p.requires_grad_(False)
@@ -400,15 +377,7 @@ class PromptPool(nn.Module):
     def _check_x(self, x: Any) -> torch.Tensor:
         if self.n_tasks == 0:
             raise RuntimeError("PromptPool has no task pool yet: call add_task() before selecting or attending")
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x: expected a torch.Tensor of shape (batch, {self.dim}), got {type(x).__name__}")
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"x: expected shape (batch, {self.dim}), got {tuple(x.shape)}")
-        if x.dtype != self.dtype:
-            raise TypeError(f"x: expected dtype {self.dtype} (the pool's), got {x.dtype}")
-        if x.device != self.device:
-            raise ValueError(f"x: expected a tensor on {self.device} (the pool's device), got one on {x.device}")
-        return x
+        return check_batch_tensor(x, "x", width=self.dim, dtype=self.dtype, device=self.device, owner="pool")
 
     def _candidate_tasks(self) -> list[int]:
         return list(range(self.n_tasks)) if self.selection == "all" else [self.n_tasks - 1]
@@ -419,7 +388,7 @@ class PromptPool(nn.Module):
         With ``selection="newest"`` every task index is the newest task; with ``"all"`` the argmax runs over
         the rows of every pool (ties go to the earliest row).
         """
-        _check_modality(modality)
+        check_choice(modality, "modality", MODALITIES)
         x = self._check_x(x)
         tasks = self._candidate_tasks()
         with torch.no_grad():
@@ -436,7 +405,7 @@ class PromptPool(nn.Module):
 
     def forward(self, x: torch.Tensor, modality: str) -> torch.Tensor:
         """Context vectors ``(B, dim)`` for features ``x`` ``(B, dim)`` of ``modality``."""
-        _check_modality(modality)
+        check_choice(modality, "modality", MODALITIES)
         x = self._check_x(x)
         task_index, prompt_index = self.select(x, modality)
         mha = self.attn[modality]
@@ -478,7 +447,7 @@ class PromptPool(nn.Module):
 
         This is what the reference's prompt-hash anchor feeds the heads: ``a = Attn(P_s, P_s, P_s)``.
         """
-        _check_modality(modality)
+        check_choice(modality, "modality", MODALITIES)
         rows = self.prompts(task, modality)
         return self.attn[modality](rows, rows, rows, need_weights=False)[0]
 
@@ -490,4 +459,4 @@ class PromptPool(nn.Module):
         for i, n in enumerate(sizes):
             self.add_task(n_prompts=int(n))
             if inits is not None:
-                self.task_inits[i] = _check_choice("task_inits", inits[i], _INITS)
+                self.task_inits[i] = check_choice(inits[i], "task_inits", _INITS)

@@ -827,6 +827,7 @@ class ContinualTrainer:
         write_json(
             tmp / "trainer.json",
             {
+                "pbeh_kind": "trainer",
                 "format_version": TRAINER_FORMAT_VERSION,
                 "pbeh_version": __version__,
                 "config": self.config.to_dict(),
@@ -853,6 +854,8 @@ class ContinualTrainer:
         """Load a state written by :meth:`save`; training continues with :meth:`fit` on the same stream."""
         directory = Path(directory)
         meta = read_json(directory / "trainer.json", what="trainer state")
+        if not isinstance(meta, dict) or meta.get("pbeh_kind", "trainer") != "trainer":
+            raise FormatError(f"{str(directory)!r}: trainer.json does not describe a pbeh trainer state")
         if meta.get("format_version") != TRAINER_FORMAT_VERSION:
             raise FormatError(
                 f"{str(directory)!r}: trainer format_version {meta.get('format_version')!r}, "

@@ -212,3 +212,21 @@ def test_python_m_pbeh_version():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"pbeh {__version__}"
+
+
+def test_file_protocols_need_and_take_n_tasks(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = np.eye(4, dtype=np.uint8)[np.arange(40) % 4]
+    path = tmp_path / "features.npz"
+    np.savez(
+        path,
+        image=rng.standard_normal((40, 6)).astype(np.float32),
+        text=rng.standard_normal((40, 5)).astype(np.float32),
+        labels=labels,
+    )
+    with pytest.raises(SystemExit, match="needs --n-tasks"):
+        main(["describe", "--protocol", "npz", "--data-dir", str(path)])
+    assert main(["describe", "--protocol", "npz", "--data-dir", str(path), "--n-tasks", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "T1" in out
+    assert "T2" in out
