@@ -12,7 +12,8 @@ comparison isolates what each part is worth:
 ``"pbeh-reference"``      PBEH as released: cross-batch attention, randn prompts on raw features, old bit rows
                           keep training at 0.1·lr, epoch selection on the test queries (optimistic).
 ``"fixed-length"``        pbeh's defaults, never extend.
-``"finetune"``            no prompt context and no anchor: heads fine-tuned task after task, never extended.
+``"finetune"``            no prompt context, no anchor, no stored-code term: heads fine-tuned task after task, never
+                          extended.
 ``"joint"``               all tasks' training data at once (the upper bound; not continual).
 ========================  ==================================================================================
 """
@@ -76,7 +77,7 @@ def build_trainer(
     elif method == "finetune":
         cfg = base
         policy = NeverExtend()
-        weights = LossWeights(anchor=0.0)
+        weights = LossWeights.pbeh(anchor=0.0, stored_codes=0.0)
         use_prompts = False
     elif method == "joint":
         cfg = base

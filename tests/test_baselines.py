@@ -126,6 +126,9 @@ def test_build_trainer_configures_each_method(stream, tmp_path):
         assert build_trainer(method, stream, **common).extension_policy == NeverExtend()
     finetune = build_trainer("finetune", stream, **common)
     assert finetune.loss_weights.anchor == 0.0
+    assert finetune.loss_weights.stored_codes == 0.0
+    # otherwise the same recipe as pbeh, so the comparison isolates prompts, anchor and stored codes
+    assert finetune.loss_weights.contrastive == build_trainer("pbeh", stream, **common).loss_weights.contrastive
     assert not finetune.model.use_prompts
 
 
