@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .codes import Codes
-
 __all__ = ["LabelTable", "chance_level", "map_of_ranking"]
 
 
@@ -78,9 +76,3 @@ def chance_level(query_labels: np.ndarray, db_labels: np.ndarray) -> float:
         return float("nan")
     relevant = (q @ d.T) > 0
     return float(relevant.mean(axis=1).mean())
-
-
-def codes_bytes_per_item(codes: list[Codes]) -> float:
-    """Average stored bytes per item (packed, before any faiss padding)."""
-    total = sum(len(c) for c in codes)
-    return float(sum(len(c) * c.n_bytes for c in codes) / total) if total else 0.0

@@ -916,6 +916,10 @@ class ContinualTrainer:
             out["unified_chance"] = last.unified_chance
             drifts = [r.prefix_drift for r in self.reports if r.prefix_drift is not None]
             out["prefix_drift"] = drifts[-1] if drifts else None
+        if self._stored:
+            # packed bytes per stored item and modality (before faiss's padding to a fast code size)
+            items = sum(len(s.ids) for s in self._stored)
+            out["bytes_per_item"] = sum(len(s.ids) * ((s.n_bits + 7) // 8) for s in self._stored) / items
         for direction in ("i2t", "t2i"):
             out[f"mean_{direction}"] = self.matrix.final_mean(direction)
             out[f"bwt_{direction}"] = self.matrix.bwt(direction)

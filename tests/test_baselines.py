@@ -32,6 +32,7 @@ SUMMARY_KEYS = {
     "forgetting_t2i",
     "seconds",
     "method",
+    "bytes_per_item",
 }
 
 

@@ -45,6 +45,7 @@ SUMMARY_KEYS = {
     "bwt_t2i",
     "forgetting_i2t",
     "forgetting_t2i",
+    "bytes_per_item",
 }
 
 
@@ -216,6 +217,8 @@ def test_summary_keys_and_values(fixed_run):
     assert summary["unified_i2t"] == reports[-1].unified_i2t
     assert summary["unified_chance"] == reports[-1].unified_chance
     assert summary["prefix_drift"] == reports[-1].prefix_drift
+    sizes = [len(task.database) for task in trainer._seen]  # stored at 8, 10, 12 bits: 1, 2, 2 bytes
+    assert summary["bytes_per_item"] == pytest.approx((sizes[0] * 1 + sizes[1] * 2 + sizes[2] * 2) / sum(sizes))
     r = trainer.matrix.matrix("i2t")
     assert summary["mean_i2t"] == pytest.approx(r[2].mean())
     assert summary["bwt_i2t"] == pytest.approx(np.mean([r[2, 0] - r[0, 0], r[2, 1] - r[1, 1]]))
