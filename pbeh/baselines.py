@@ -6,8 +6,9 @@ comparison isolates what each part is worth:
 ========================  ==================================================================================
 ``"pbeh"``                pbeh's defaults: per-sample prompt attention over k-means prompts searched in every
                           task's pool, features and prompts on one scale, cosine label similarity, the
-                          stored-code term, old bits frozen on extension, epoch selection on a validation
-                          split, mode-centre extension rule.
+                          stored-code term, epoch selection on a validation split, mode-centre extension rule
+                          (old bits keep training on extension, as in the reference; see
+                          ``TrainerConfig.freeze_old_bits``).
 ``"pbeh-no-stored"``      pbeh without the stored-code term (the ablation of :func:`pbeh.losses.stored_code_loss`).
 ``"pbeh-reference"``      PBEH as released: cross-batch attention, randn prompts on raw features, old bit rows
                           keep training at 0.1·lr, epoch selection on the test queries (optimistic).

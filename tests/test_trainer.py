@@ -56,7 +56,9 @@ def make_stream(seed: int = 0) -> TaskStream:
 
 
 def make_config(**overrides) -> TrainerConfig:
-    return TrainerConfig(**{"epochs": 2, "batch_size": 32, "eval_k": None, "lr": 1e-3, **overrides})
+    # The frozen extension path is the one with exactness guarantees to test; its counterpart sets False explicitly.
+    defaults = {"epochs": 2, "batch_size": 32, "eval_k": None, "lr": 1e-3, "freeze_old_bits": True}
+    return TrainerConfig(**{**defaults, **overrides})
 
 
 def make_trainer(
@@ -719,3 +721,8 @@ def test_for_stream_accepts_any_feature_widths():
     small = synthetic_stream(n_tasks=1, classes_per_task=2, image_dim=12, text_dim=8, items_per_class=10)
     trainer = ContinualTrainer.for_stream(small, n_bits=8, hidden_dims=(16,), config=make_config())
     assert trainer.model.feature_dim("image") == 12
+
+
+def test_default_keeps_old_bits_training():
+    """The default follows the reference (and the measurement in TrainerConfig's docstring): no freezing."""
+    assert TrainerConfig().freeze_old_bits is False
