@@ -54,6 +54,7 @@ def build_trainer(
     pool_kwargs: dict[str, Any] = {}
     normalize = True
     use_prompts = True
+    center = True
     policy: Any = ModeCenterRule(rho=rho, delta=delta)
     if method == "pbeh":
         cfg = base
@@ -71,6 +72,7 @@ def build_trainer(
         )
         pool_kwargs = {"attention": "batch", "init_std": 1.0, "selection": "newest", "task_seeds": "same"}
         normalize = False
+        center = False
         weights = LossWeights()
     elif method == "fixed-length":
         cfg = base
@@ -91,6 +93,7 @@ def build_trainer(
         hidden_dims=hidden_dims,
         normalize_features=normalize,
         use_prompts=use_prompts,
+        center_features=center,
         pool_kwargs=pool_kwargs,
         model_seed=seed,
         config=dataclasses.replace(cfg, seed=seed),

@@ -303,6 +303,7 @@ class ContinualTrainer:
         dim: int | None = None,
         normalize_features: bool = True,
         use_prompts: bool = True,
+        center_features: bool = True,
         pool_kwargs: dict[str, Any] | None = None,
         model_seed: int = 2025,
         **kwargs: Any,
@@ -320,6 +321,7 @@ class ContinualTrainer:
             hidden_dims=tuple(hidden_dims),
             normalize_features=normalize_features,
             use_prompts=use_prompts,
+            center_features=center_features,
             pool_kwargs=pool_kwargs,
             seed=model_seed,
         )

@@ -495,3 +495,30 @@ def test_cuda_round_trip(tmp_path):
     loaded = CrossModalHashModel.from_pretrained(tmp_path, map_location="cuda")
     assert loaded.device.type == "cuda"
     assert loaded.encode(f, "text") == model.encode(f, "text")
+
+
+def test_feature_centering_is_fitted_once_and_saved(tmp_path):
+    rng = np.random.default_rng(0)
+    first_image = rng.random((20, 24)).astype(np.float32) + 3.0  # non-negative, with a large common mean
+    first_text = rng.random((20, 12)).astype(np.float32)
+    model = CrossModalHashModel(24, 12, n_bits=8, hidden_dims=(16,), pool_kwargs={"num_heads": 4})
+    assert model.center_features
+    model.add_task(n_prompts=2, image_features=first_image, text_features=first_text)
+    np.testing.assert_allclose(model.image_mean.numpy(), first_image.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(model.text_mean.numpy(), first_text.mean(axis=0), rtol=1e-6)
+    assert model.centered_on_task == 0
+    # a later task does not refit: codes stored for the first task keep their meaning
+    model.add_task(n_prompts=2, image_features=first_image + 10.0, text_features=first_text)
+    np.testing.assert_allclose(model.image_mean.numpy(), first_image.mean(axis=0), rtol=1e-6)
+    # centring is applied before normalisation: a feature equal to the mean maps to the zero vector
+    x = model.project(model.image_mean[None, :].clone(), "image")
+    assert torch.allclose(x, model.image_proj(torch.zeros(1, 24)), atol=1e-6)
+    model.save_pretrained(tmp_path / "m")
+    loaded = CrossModalHashModel.from_pretrained(tmp_path / "m")
+    assert loaded.centered_on_task == 0
+    assert torch.equal(loaded.image_mean, model.image_mean)
+    assert loaded.encode(first_image, "image") == model.encode(first_image, "image")
+    plain = CrossModalHashModel(24, 12, n_bits=8, hidden_dims=(16,), center_features=False)
+    plain.add_task(n_prompts=2, image_features=first_image, text_features=first_text)
+    assert plain.centered_on_task is None
+    assert float(plain.image_mean.abs().sum()) == 0.0
