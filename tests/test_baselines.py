@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from test_trainer import SUMMARY_KEYS as TRAINER_SUMMARY_KEYS
 
 from pbeh.baselines import METHODS, build_trainer, run_method
 from pbeh.data import TaskStream, synthetic_stream
@@ -16,24 +17,8 @@ from pbeh.extension import ModeCenterRule, NeverExtend
 from pbeh.trainer import ContinualTrainer, TrainerConfig
 
 N_BITS = 8
-SUMMARY_KEYS = {
-    "tasks",
-    "final_bits",
-    "bits_per_task",
-    "unified_i2t",
-    "unified_t2i",
-    "unified_chance",
-    "prefix_drift",
-    "mean_i2t",
-    "mean_t2i",
-    "bwt_i2t",
-    "bwt_t2i",
-    "forgetting_i2t",
-    "forgetting_t2i",
-    "seconds",
-    "method",
-    "bytes_per_item",
-}
+# run_method's summary is the trainer's plus the method name and wall time.
+SUMMARY_KEYS = TRAINER_SUMMARY_KEYS | {"seconds", "method"}
 
 
 def make_config(**overrides) -> TrainerConfig:
