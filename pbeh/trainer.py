@@ -404,8 +404,9 @@ class ContinualTrainer:
             self._anchors.append(self.model.anchor_codes(t).detach().clone())
 
         collapse = self._collapse_check(task, image_codes, text_codes)
-        row_i2t, row_t2i = self._evaluate_rows(t)
-        unified_i2t, unified_t2i, chance = self._unified_scores()
+        query_codes = self._encode_queries()
+        row_i2t, row_t2i = self._evaluate_rows(t, query_codes)
+        unified_i2t, unified_t2i, chance = self._unified_scores(query_codes)
         drift = self._prefix_drift()
         decision = self._decide_extension(t)
 
@@ -493,8 +494,9 @@ class ContinualTrainer:
             ev._check_widths(task)
             ev._store(task)
         t = len(tasks) - 1
-        row_i2t, row_t2i = ev._evaluate_rows(t)
-        unified_i2t, unified_t2i, chance = ev._unified_scores()
+        query_codes = ev._encode_queries()
+        row_i2t, row_t2i = ev._evaluate_rows(t, query_codes)
+        unified_i2t, unified_t2i, chance = ev._unified_scores(query_codes)
         for name, value in (("unified_i2t", unified_i2t), ("unified_t2i", unified_t2i), ("unified_chance", chance)):
             ev.matrix.record_scalar(name, t, value)
         ev.matrix.record_scalar("n_bits", t, float(self.model.n_bits))
@@ -690,15 +692,25 @@ class ContinualTrainer:
         return float(i2t), float(t2i)
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate_rows(self, t: int) -> tuple[list[float], list[float]]:
+    def _encode_queries(self) -> list[tuple[Codes, Codes]]:
+        """(image, text) codes of every seen task's queries, encoded once with the current model."""
+        device = self.device
+        return [
+            (
+                self.model.encode(_tensor(task.query.image, device), "image"),
+                self.model.encode(_tensor(task.query.text, device), "text"),
+            )
+            for task in self._seen
+        ]
+
+    def _evaluate_rows(self, t: int, query_codes: list[tuple[Codes, Codes]]) -> tuple[list[float], list[float]]:
         """R[t, i] for i <= t: queries of task i (encoded now) against the stored database codes of task i."""
-        device, k = self.device, self.config.eval_k
+        k = self.config.eval_k
         row_i2t, row_t2i = [], []
         for i in range(t + 1):
             query = self._seen[i].query
             stored = self._stored[i]
-            q_img = self.model.encode(_tensor(query.image, device), "image")
-            q_txt = self.model.encode(_tensor(query.text, device), "text")
+            q_img, q_txt = query_codes[i]
             db_txt = self.text_index.get_codes(stored.ids)
             db_img = self.image_index.get_codes(stored.ids)
             i2t = float(map_at_k(q_img, db_txt, query.labels, stored.labels, k=k))
@@ -709,17 +721,16 @@ class ContinualTrainer:
             row_t2i.append(t2i)
         return row_i2t, row_t2i
 
-    def _unified_scores(self) -> tuple[float, float, float]:
+    def _unified_scores(self, query_codes: list[tuple[Codes, Codes]]) -> tuple[float, float, float]:
         """All seen queries against one index holding every stored code at its own length."""
-        device = self.device
         queries = [task.query for task in self._seen]
         q_labels = np.concatenate([q.labels for q in queries])
         table = LabelTable(
             np.concatenate([s.ids for s in self._stored]), np.concatenate([s.labels for s in self._stored])
         )
         k = len(self.text_index) if self.config.eval_k is None else min(self.config.eval_k, len(self.text_index))
-        q_img = self.model.encode(_tensor(np.concatenate([q.image for q in queries]), device), "image")
-        q_txt = self.model.encode(_tensor(np.concatenate([q.text for q in queries]), device), "text")
+        q_img = Codes.concatenate([image for image, _ in query_codes])
+        q_txt = Codes.concatenate([text for _, text in query_codes])
         i2t = map_of_ranking(self.text_index.search(q_img, k).ids, q_labels, table)
         t2i = map_of_ranking(self.image_index.search(q_txt, k).ids, q_labels, table)
         return i2t, t2i, chance_level(q_labels, table.labels)
@@ -896,13 +907,11 @@ class ContinualTrainer:
         latest = read_json(checkpoint_dir / "latest.json", what="checkpoint pointer")
         state_dir = checkpoint_dir / latest["directory"]
         loaded = ContinualTrainer.load(state_dir)
-        self.model = loaded.model
-        self.config = loaded.config
-        self.loss_weights = loaded.loss_weights
-        self.extension_policy = loaded.extension_policy
-        self.index_score = loaded.index_score
-        meta = read_json(state_dir / "trainer.json", what="trainer state")
-        self._load_state(state_dir, meta)
+        for name in (
+            "model", "config", "loss_weights", "extension_policy", "index_score",
+            "image_index", "text_index", "_stored", "_anchors", "_pending_extension", "reports", "matrix",
+        ):  # fmt: skip
+            setattr(self, name, getattr(loaded, name))
 
     def _write_checkpoint(self, checkpoint_dir: Path) -> None:
         """Save the state after task t into ``task_<t>`` and then point ``latest.json`` at it (atomically)."""
