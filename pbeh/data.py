@@ -515,6 +515,32 @@ def _consecutive_groups(order: np.ndarray, n_tasks: int) -> list[list[int]]:
     return [order[bounds[t] : bounds[t + 1]].tolist() for t in range(n_tasks)]
 
 
+def _class_index_base(labels: Any, index_base: int | str | None) -> int:
+    """The index base of ``labels`` for :func:`class_incremental_split` (0 for multi-hot labels)."""
+    if (index_base is not None and index_base not in (0, 1, "auto")) or isinstance(index_base, bool):
+        raise ValueError(f"index_base: expected None, 0, 1 or 'auto', got {index_base!r}")
+    arr = _as_array(labels, "labels")
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1 or arr.size == 0:
+        return 0
+    smallest = arr.min()
+    if index_base == "auto":
+        if smallest >= 1:
+            _logger.info("labels: class indices start at %s; read as 1-based (class 1 becomes class 0)", smallest)
+            return 1
+        return 0
+    if index_base is None:
+        if smallest >= 1:
+            raise ValueError(
+                f"labels: class indices start at {smallest:g} (range {smallest:g}..{arr.max():g}), so class 0 would "
+                "be empty and every task group shifted by one. If the ids are 1-based (as MATLAB writes them), pass "
+                "index_base=1 to convert them; if class 0 really has no item, pass index_base=0"
+            )
+        return 0
+    return int(index_base)
+
+
 def class_incremental_split(
     image: Any,
     text: Any,
@@ -532,6 +558,7 @@ def class_incremental_split(
     ids: Any = None,
     label_names: Sequence[str] | None = None,
     name: str = "",
+    index_base: int | str | None = None,
 ) -> TaskStream:
     """Split paired items into a class-incremental :class:`TaskStream`.
 
@@ -566,6 +593,11 @@ def class_incremental_split(
         ids: ``(N,)`` unique int64 global item ids (default ``0..N-1``).
         label_names: ``C`` class names.
         name: the stream's name.
+        index_base: how ``(N,)`` class indices are numbered. ``None`` (default): 0-based, and indices that start at
+            1 (no class 0, as MATLAB files write them) are refused with a message, since reading them as 0-based
+            would create an empty class 0 and shift every task group; ``1``: convert 1-based indices to 0-based;
+            ``0``: take them as 0-based even without a class 0; ``"auto"``: 1-based when the smallest index is 1.
+            Ignored for multi-hot labels.
 
     Returns:
         The :class:`TaskStream`; ``task.classes`` is the task's group in the given order.
@@ -580,7 +612,12 @@ def class_incremental_split(
     """
     image_arr = _features(image, "image")
     text_arr = _features(text, "text")
-    labels_arr = _labels_from_any(labels, "labels", n_classes=len(label_names) if label_names is not None else None)
+    labels_arr = _labels_from_any(
+        labels,
+        "labels",
+        n_classes=len(label_names) if label_names is not None else None,
+        index_base=_class_index_base(labels, index_base),
+    )
     n_items, n_classes = labels_arr.shape
     if len(image_arr) != n_items or len(text_arr) != n_items:
         raise ValueError(
@@ -912,12 +949,25 @@ def read_all_mat(
     text_key: str | None = None,
     label_key: str | None = None,
     label_names: Sequence[str] | None = None,
+    image_view: int = 0,
+    text_view: int = 1,
+    index_base: int | str = "auto",
 ) -> CrossModalData:
-    """Read the MIRFLICKR / NUS-WIDE ``XAll``/``YAll``/``LAll`` layout (one file, or a directory of ``.mat`` files).
+    """Read the MIRFLICKR / NUS-WIDE ``XAll``/``YAll``/``LAll`` layout (one file, or a directory of ``.mat`` files),
+    or the multi-view layout: a cell array ``X`` of per-view ``(N, D_v)`` feature matrices plus labels ``gt`` or
+    ``y`` (as in ``Wikipedia_multiview.mat`` and other multi-view sets).
 
     ``path`` is a ``.mat`` file holding all three arrays, or a directory whose ``.mat`` files (v5 or v7.3) hold them
     between them (e.g. ``*-xall.mat``, ``*-yall.mat``, ``*-lall.mat``). Keys are matched case-insensitively; the image
     key may also be ``IAll`` when it holds 2-D features. Class names default to a ``label_names.txt`` beside the data.
+
+    Multi-view files (chosen when the file has a cell ``X`` and no ``XAll``/``IAll``): ``image_view`` and
+    ``text_view`` are the 0-based positions of the two views in ``X`` (check them: a file's ``view_meaning`` can be
+    wrong; in ``Wikipedia_multiview.mat`` view 0 is the 128-d SIFT image side and view 1 the 10-d LDA text side,
+    though its ``view_meaning`` says ``word, SIFT``). Labels are ``gt``/``y`` (or ``label_key``): class indices
+    (``index_base`` as in :func:`read_train_test_mat`: ``"auto"`` reads indices starting at 1 as MATLAB's 1-based
+    classes) or multi-hot. Class names come from a ``class_meaning`` cell when present, else a ``class_names.txt``
+    or ``label_names.txt`` beside the file.
     """
     root = Path(path)
     if root.is_dir():
@@ -929,6 +979,12 @@ def read_all_mat(
     else:
         raise FileNotFoundError(f"{root}: no such file or directory")
     mats = [_MatFile(f) for f in files]
+    if image_key is None and text_key is None:
+        multi = [m for m in mats if "X" in m.keys and not any(k.lower() in ("xall", "iall") for k in m.keys)]
+        if len(mats) == 1 and multi:
+            return _read_multiview(
+                multi[0], label_key, label_names, image_view=image_view, text_view=text_view, index_base=index_base
+            )
     wanted = {
         "image": [image_key] if image_key else ["XAll", "IAll"],
         "text": [text_key] if text_key else ["YAll", "TAll"],
@@ -964,13 +1020,135 @@ def read_all_mat(
     )
 
 
-def read_features_npz(path: PathLike) -> CrossModalData:
-    """Read an ``.npz`` feature file: ``image``, ``text``, ``labels`` and optionally ``label_names``, ``item_ids``.
+def _read_cell(mat: _MatFile, key: str) -> list[np.ndarray]:
+    """The entries of a MATLAB cell array (v5 via scipy, v7.3 via h5py object references), in MATLAB order."""
+    if mat.hdf5:
+        h5py = _import_h5py()
+        with h5py.File(mat.path, "r") as fh:
+            refs = np.asarray(fh[key][()])
+            if refs.dtype != h5py.ref_dtype and refs.dtype != object:
+                raise FormatError(f"{mat.path}: key {key!r} is not a cell array (dtype {refs.dtype})")
+            return [np.asarray(fh[ref][()]).T for ref in refs.T.ravel()]
+    cell = _import_scipy_io().loadmat(str(mat.path), variable_names=[key])[key]
+    if cell.dtype != object:
+        raise FormatError(f"{mat.path}: key {key!r} is not a cell array (dtype {cell.dtype})")
+    return [np.asarray(x) for x in cell.ravel(order="F")]
+
+
+def _cell_strings(mat: _MatFile, key: str) -> list[str] | None:
+    """A cell array of strings (such as ``class_meaning``), or None when it is absent or not strings."""
+    if key not in mat.keys:
+        return None
+    try:
+        entries = _read_cell(mat, key)
+    except FormatError:
+        return None
+    out = []
+    for entry in entries:
+        if entry.dtype.kind == "U":
+            out.append(str("".join(entry.ravel().tolist())).strip())
+        elif entry.dtype.kind in "ui" and mat.hdf5:  # v7.3 stores chars as uint16 codes
+            out.append("".join(chr(int(c)) for c in entry.ravel()).strip())
+        else:
+            return None
+    return out
+
+
+def _read_multiview(
+    mat: _MatFile,
+    label_key: str | None,
+    label_names: Sequence[str] | None,
+    *,
+    image_view: int,
+    text_view: int,
+    index_base: int | str,
+) -> CrossModalData:
+    source = str(mat.path)
+    views = _read_cell(mat, "X")
+    for name, view in (("image_view", image_view), ("text_view", text_view)):
+        if isinstance(view, bool) or not isinstance(view, int) or not 0 <= view < len(views):
+            raise ValueError(
+                f"{name}: expected a view position in 0..{len(views) - 1} ({source} has {len(views)} "
+                f"views in X), got {view!r}"
+            )
+    if image_view == text_view:
+        raise ValueError(f"image_view, text_view: expected two different views, got {image_view} for both")
+    raw_labels = mat.read(mat.find([label_key] if label_key else ["gt", "y", "Y", "labels"], what="label"))
+    for name, view in (("image", views[image_view]), ("text", views[text_view])):
+        if view.dtype == object or not np.issubdtype(view.dtype, np.number) or view.ndim != 2:
+            raise FormatError(f"{source}: view {name} of X is not a 2-D numeric matrix ({view.dtype}, {view.shape})")
+    if raw_labels.ndim == 2 and 1 in raw_labels.shape:
+        raw_labels = raw_labels.reshape(-1, 1)  # a vector of class indices fixes the item count
+    n_items = raw_labels.shape[0]
+    oriented = {}
+    for name, view in (("image", views[image_view]), ("text", views[text_view])):
+        oriented[name] = view.T if view.shape[0] != n_items and view.shape[1] == n_items else view
+    arrays = _orient({**oriented, "labels": raw_labels}, source)
+    labels = arrays["labels"]
+    meaning = _cell_strings(mat, "view_meaning")
+    if meaning is not None and len(meaning) == len(views):
+        _logger.info("%s: views %s; image = view %d, text = view %d", source, meaning, image_view, text_view)
+    if label_names is None:
+        label_names = _cell_strings(mat, "class_meaning")
+    if label_names is None:
+        for name in ("class_names.txt", "label_names.txt"):
+            if (mat.path.parent / name).is_file():
+                label_names = _read_label_names(mat.path.parent / name)
+                break
+    if labels.shape[1] == 1:
+        idx = labels[:, 0]
+        base = _index_base(idx, index_base, source)
+        n_classes = int(idx.max()) + 1 - base if len(idx) else 1
+        if label_names is not None and len(label_names) >= n_classes:
+            n_classes = len(label_names)
+        hot = _labels_from_any(idx, f"{source} labels", n_classes=n_classes, index_base=base)
+    else:
+        hot = _multi_hot(labels, f"{source} labels")
+    if label_names is not None and len(label_names) != hot.shape[1]:
+        label_names = None
+    return CrossModalData(
+        arrays["image"],
+        arrays["text"],
+        hot,
+        label_names=list(label_names) if label_names is not None else None,
+        source=source,
+    )
+
+
+def read_features_npz(
+    path: PathLike, *, label_key: str = "labels", index_base: int | str | None = None
+) -> CrossModalData:
+    """Read an ``.npz`` feature file: ``image``, ``text``, labels and optionally ``label_names``, ``item_ids``.
 
     Integer ``item_ids`` become the item ids; string ``item_ids`` (such as file names) become ``item_names`` and
     the ids are the row positions. Nothing is unpickled.
+
+    Args:
+        path: the ``.npz`` file, or a directory holding exactly one ``.npz`` file.
+        label_key: the array holding the labels (multi-hot ``(N, C)`` or class indices ``(N,)``), for files with
+            more than one label set (say ``fine_labels`` beside ``coarse_labels``). Class names are read from
+            ``<label_key>_names`` when present, else from ``label_names`` when its length fits.
+        index_base: numbering of class indices, as in :func:`class_incremental_split` (``None`` refuses indices
+            that start at 1; ``1`` converts them; ``0`` keeps them; ``"auto"`` guesses from the smallest).
+
+    Example:
+        >>> import tempfile, os
+        >>> f = os.path.join(tempfile.mkdtemp(), "feats.npz")
+        >>> np.savez(f, image=np.zeros((4, 3)), text=np.ones((4, 2)), fine=[0, 1, 2, 3], coarse=[0, 0, 1, 1])
+        >>> read_features_npz(f, label_key="coarse").labels.shape
+        (4, 2)
     """
     path = Path(path)
+    if path.is_dir():
+        found = sorted(path.glob("*.npz"))
+        if len(found) != 1:
+            raise FileNotFoundError(
+                f"path: expected an .npz file or a directory holding exactly one, got the directory {str(path)!r} "
+                f"with {len(found)} .npz files{': ' + ', '.join(f.name for f in found[:5]) if found else ''}"
+            )
+        path = found[0]
+    if not isinstance(label_key, str) or not label_key:
+        raise TypeError(f"label_key: expected the name of an array in the file, got {label_key!r}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     try:
@@ -979,12 +1157,14 @@ def read_features_npz(path: PathLike) -> CrossModalData:
         raise FormatError(f"{path}: not a readable .npz file ({exc})") from exc
     with archive:
         keys = list(archive.files)
-        for key in ("image", "text", "labels"):
+        for key in ("image", "text", label_key):
             if key not in keys:
-                raise FormatError(f"{path}: missing key {key!r}; keys present: {', '.join(map(repr, keys))}")
+                hint = " (choose the labels with label_key=...)" if key == label_key else ""
+                raise FormatError(f"{path}: missing key {key!r}{hint}; keys present: {', '.join(map(repr, keys))}")
         try:
-            image, text, labels = archive["image"], archive["text"], archive["labels"]
-            names = archive["label_names"] if "label_names" in keys else None
+            image, text, labels = archive["image"], archive["text"], archive[label_key]
+            names_key = f"{label_key}_names" if f"{label_key}_names" in keys else "label_names"
+            names = archive[names_key] if names_key in keys else None
             item_ids = archive["item_ids"] if "item_ids" in keys else None
         except ValueError as exc:  # object arrays need pickle
             raise FormatError(f"{path}: an array needs pickle to load, which pbeh refuses ({exc})") from exc
@@ -994,12 +1174,19 @@ def read_features_npz(path: PathLike) -> CrossModalData:
             ids = item_ids
         else:
             names_of_items = [str(x) for x in item_ids.tolist()]
+    labels = _labels_from_any(labels, f"{path} {label_key}", index_base=_class_index_base(labels, index_base))
+    label_names = [str(x) for x in names.tolist()] if names is not None else None
+    if label_names is not None and len(label_names) != labels.shape[1]:
+        _logger.info(
+            "%s: %d class names for %d classes of %r; names ignored", path, len(label_names), labels.shape[1], label_key
+        )
+        label_names = None
     return CrossModalData(
         image,
         text,
         labels,
         ids,
-        label_names=[str(x) for x in names.tolist()] if names is not None else None,
+        label_names=label_names,
         item_names=names_of_items,
         source=str(path),
     )
@@ -1275,7 +1462,8 @@ def load_protocol(name: str, data_dir: PathLike | None = None, **kwargs: Any) ->
             ``"train-test-mat"`` (:func:`read_train_test_mat`; its test items are the queries) and ``"npz"``
             (:func:`read_features_npz`). Underscores count as hyphens; case is ignored.
         data_dir: the data directory or file (None: the ``PBEH_DATA`` environment variable).
-        **kwargs: passed on to the protocol function or to :func:`class_incremental_split`.
+        **kwargs: passed on to the protocol function, to the file reader (its own options: ``label_key``,
+            ``index_base``, ``image_view``, ...), or to :func:`class_incremental_split`.
 
     Example:
         >>> len(load_protocol("synthetic", n_tasks=2, items_per_class=10))
@@ -1299,10 +1487,17 @@ def load_protocol(name: str, data_dir: PathLike | None = None, **kwargs: Any) ->
     if key == "taskwise-mat":
         return read_taskwise_mat(data_dir, **kwargs)
     kwargs.setdefault("name", Path(data_dir).stem)
+    # options of the file readers; the rest go to class_incremental_split
+    reader_options = {
+        "all-mat": ("image_key", "text_key", "label_key", "image_view", "text_view", "index_base"),
+        "train-test-mat": ("index_base",),
+        "npz": ("label_key", "index_base"),
+    }[key]
+    reader_kwargs = {k: kwargs.pop(k) for k in reader_options if k in kwargs}
     if key == "all-mat":
-        data = read_all_mat(data_dir)
+        data = read_all_mat(data_dir, **reader_kwargs)
     elif key == "train-test-mat":
-        data = read_train_test_mat(data_dir)
+        data = read_train_test_mat(data_dir, **reader_kwargs)
     else:  # "npz"
-        data = read_features_npz(data_dir)
+        data = read_features_npz(data_dir, **reader_kwargs)
     return data.split(**kwargs)
