@@ -23,6 +23,7 @@ import copy
 import dataclasses
 import logging
 import math
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ import torch
 from ._version import __version__
 from .codes import Codes
 from .data import Split, Task, TaskStream
-from .evaluation import LabelTable, chance_level, map_of_ranking
+from .evaluation import unified_metrics
 from .extension import (
     ExtensionDecision,
     ExtensionPolicy,
@@ -49,7 +50,18 @@ from .index import TruncatedHammingIndex
 from .losses import LossWeights, label_similarity, pbeh_loss, stored_code_loss
 from .metrics import ContinualMatrix, map_at_k
 from .model import CrossModalHashModel
-from .serialization import FormatError, load_safetensors, read_json, save_safetensors, write_json
+from .prototypes import ClassPrototypes
+from .serialization import (
+    FormatError,
+    json_field,
+    load_safetensors,
+    read_json,
+    replace_directory,
+    resolve_directory,
+    save_safetensors,
+    staging_directory,
+    write_json,
+)
 
 __all__ = ["ContinualTrainer", "TaskReport", "TrainerConfig"]
 
@@ -100,6 +112,17 @@ class TrainerConfig:
             (:func:`pbeh.losses.stored_code_loss`) compares new outputs with.
         seed: seeds the minibatch order and the validation split (the model has its own seed).
         show_progress: a progress bar over epochs.
+        prototype_replay: pseudo items of earlier tasks' classes added to every minibatch from the second task on,
+            drawn from :class:`~pbeh.prototypes.ClassPrototypes` (per-class feature means and spreads kept after each
+            task; no item's features are kept). The loss terms then see old classes too: the stored-code term pins
+            them to the codes stored for their class, so old tasks' queries keep meeting their stored codes, and
+            the pairwise terms keep new items away from them. 0 switches it off.
+        prototype_noise: the pseudo items' spread around their class mean, in units of the class's per-dimension
+            standard deviation.
+        ties: how every reported figure ranks items whose scores tie: ``"average"`` (pbeh's default: the exact
+            expectation over random order inside tie groups, so no figure depends on the order items were stored
+            in) or ``"reference"`` (stable order, ties in database order: the released evaluation code; for parity
+            only, and labelled as such).
     """
 
     epochs: int = 100
@@ -122,6 +145,9 @@ class TrainerConfig:
     stored_codes_per_task: int = 1024
     seed: int = 2025
     show_progress: bool = False
+    ties: str = "average"
+    prototype_replay: int = 0
+    prototype_noise: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("freeze_old_bits", "straight_through", "binary_similarity_normalize", "show_progress"):
@@ -129,6 +155,16 @@ class TrainerConfig:
                 raise TypeError(f"{name}: expected a bool, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise TypeError(f"seed: expected an int, got {self.seed!r}")
+        if isinstance(self.prototype_replay, bool) or not isinstance(self.prototype_replay, int) or (
+            self.prototype_replay < 0
+        ):
+            raise ValueError(f"prototype_replay: expected an int >= 0, got {self.prototype_replay!r}")
+        if not (
+            isinstance(self.prototype_noise, (int, float))
+            and math.isfinite(self.prototype_noise)
+            and self.prototype_noise >= 0
+        ):
+            raise ValueError(f"prototype_noise: expected a finite number >= 0, got {self.prototype_noise!r}")
         for name in ("epochs", "batch_size", "eval_every", "samples_per_prompt", "stored_codes_per_task"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -157,6 +193,8 @@ class TrainerConfig:
             raise ValueError(f"prompts_per_task: expected a positive int or None, got {self.prompts_per_task!r}")
         if self.similarity_target not in ("reference", "cosine"):
             raise ValueError(f"similarity_target: expected 'reference' or 'cosine', got {self.similarity_target!r}")
+        if self.ties not in ("average", "reference"):
+            raise ValueError(f"ties: expected 'average' or 'reference', got {self.ties!r}")
         if self.prompt_init not in ("normal", "kmeans"):
             raise ValueError(f"prompt_init: expected 'normal' or 'kmeans', got {self.prompt_init!r}")
 
@@ -198,6 +236,7 @@ class TaskReport:
     extension: dict[str, Any]
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    unified: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return _json_safe(dataclasses.asdict(self))
@@ -290,6 +329,7 @@ class ContinualTrainer:
         self._stored: list[_StoredTask] = []
         self._seen: list[Task] = []
         self._anchors: list[torch.Tensor] = []
+        self._prototypes: list[ClassPrototypes] = []
         self._pending_extension = 0
 
     # ------------------------------------------------------------------ construction
@@ -365,9 +405,79 @@ class ContinualTrainer:
         return list(self.reports)
 
     def fit_task(self, task: Task) -> TaskReport:
-        """Train on one task, store its database, evaluate, and decide on extension. Returns the task's report."""
+        """Train on one task, store its database, evaluate, and decide on extension. Returns the task's report.
+
+        The whole task is validated before anything trains (see :meth:`_validate_task`). If anything fails while
+        the task trains, is stored or evaluated (a diverging loss, an interrupt, a failing callback), the trainer is
+        rolled back to its state before the call, so the next ``fit_task`` starts from a consistent state.
+        """
         if not isinstance(task, Task):
             raise TypeError(f"task: expected a pbeh.data.Task, got {type(task).__name__}")
+        self._validate_task(task)
+        snapshot = self._snapshot()
+        try:
+            return self._fit_task(task)
+        except BaseException:
+            self._rollback(snapshot)
+            _logger.warning("task %r failed; the trainer was rolled back to its state before the task", task.name)
+            raise
+
+    _ROLLBACK_FIELDS = (
+        "model", "image_index", "text_index", "matrix", "reports", "_stored", "_seen", "_anchors",
+        "_pending_extension",
+    )  # fmt: skip
+
+    def _snapshot(self) -> dict[str, Any]:
+        """Copies of everything a task changes (model, indexes, matrix, bookkeeping) for :meth:`_rollback`."""
+        deep = {"model", "image_index", "text_index", "matrix"}
+        return {
+            name: copy.deepcopy(getattr(self, name)) if name in deep else copy.copy(getattr(self, name))
+            for name in self._ROLLBACK_FIELDS
+        }
+
+    def _rollback(self, snapshot: dict[str, Any]) -> None:
+        for name, value in snapshot.items():
+            setattr(self, name, value)
+
+    def _validate_task(self, task: Task) -> None:
+        """Refuse a task that cannot be trained, stored or evaluated, before anything is trained or grown.
+
+        Checks: feature widths against the model; database ids unique, not stored yet, and non-negative (as all ids);
+        the label width against earlier tasks; a non-empty query split and database. Features are finite (``Split``
+        checks that). All-zero labels train to a meaningless run: a warning names the split.
+        """
+        self._check_widths(task)
+        for split_name in ("train", "query", "database"):
+            split = getattr(task, split_name)
+            if len(split.ids) and int(split.ids.min()) < 0:
+                raise ValueError(
+                    f"task {task.name!r}: {split_name} ids must be non-negative, got {int(split.ids.min())}"
+                )
+        for split_name in ("query", "database"):
+            if len(getattr(task, split_name)) == 0:
+                raise ValueError(
+                    f"task {task.name!r}: the {split_name} split is empty; a task needs queries and a database to "
+                    "be stored and evaluated"
+                )
+        if self._stored:
+            expected = self._stored[0].labels.shape[1]
+            for split_name in ("train", "query", "database"):
+                got = getattr(task, split_name).labels.shape[1]
+                if got != expected:
+                    raise ValueError(
+                        f"task {task.name!r}: {split_name} labels have {got} classes, earlier tasks have {expected}; "
+                        "every task must use the stream's global label space"
+                    )
+        for split_name in ("train", "query", "database"):
+            labels = getattr(task, split_name).labels
+            if labels.size and not labels.any():
+                _logger.warning(
+                    "task %r: every %s label is zero; the similarity targets are meaningless and so will the "
+                    "codes and mAP be", task.name, split_name,
+                )
+        self._check_new_ids(task)
+
+    def _fit_task(self, task: Task) -> TaskReport:
         self._check_widths(task)
         self._check_new_ids(task)
         started = time.perf_counter()
@@ -402,11 +512,14 @@ class ContinualTrainer:
         image_codes, text_codes = self._store(task)
         with torch.no_grad():
             self._anchors.append(self.model.anchor_codes(t).detach().clone())
+        self._prototypes.append(ClassPrototypes.fit(task.train.image, task.train.text, task.train.labels))
 
         collapse = self._collapse_check(task, image_codes, text_codes)
         query_codes = self._encode_queries()
         row_i2t, row_t2i = self._evaluate_rows(t, query_codes)
-        unified_i2t, unified_t2i, chance = self._unified_scores(query_codes)
+        unified = self._unified_scores(query_codes)
+        unified_i2t, unified_t2i = unified["i2t"]["map_all"], unified["t2i"]["map_all"]
+        chance = unified["i2t"]["chance"]
         drift = self._prefix_drift()
         decision = self._decide_extension(t)
 
@@ -438,6 +551,7 @@ class ContinualTrainer:
             extension={"n_new_bits": decision.n_new_bits, "reason": decision.reason, "stats": dict(decision.stats)},
             seconds=time.perf_counter() - started,
             history=history,
+            unified=unified,
         )
         self.reports.append(report)
         _logger.info(
@@ -496,7 +610,9 @@ class ContinualTrainer:
         t = len(tasks) - 1
         query_codes = ev._encode_queries()
         row_i2t, row_t2i = ev._evaluate_rows(t, query_codes)
-        unified_i2t, unified_t2i, chance = ev._unified_scores(query_codes)
+        unified = ev._unified_scores(query_codes)
+        unified_i2t, unified_t2i = unified["i2t"]["map_all"], unified["t2i"]["map_all"]
+        chance = unified["i2t"]["chance"]
         for name, value in (("unified_i2t", unified_i2t), ("unified_t2i", unified_t2i), ("unified_chance", chance)):
             ev.matrix.record_scalar(name, t, value)
         ev.matrix.record_scalar("n_bits", t, float(self.model.n_bits))
@@ -524,6 +640,7 @@ class ContinualTrainer:
                 collapse={},
                 extension={"n_new_bits": 0, "reason": "evaluation only", "stats": {}},
                 seconds=time.perf_counter() - started,
+                unified=unified,
             )
         ]
         return ev
@@ -563,6 +680,8 @@ class ContinualTrainer:
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + t)
         stored_anchors = self._anchors[:t] if self.loss_weights.anchor > 0 else []
         stored_targets = self._stored_targets(t) if self.loss_weights.stored_codes > 0 else []
+        replay = ClassPrototypes.concatenate(self._prototypes[:t]) if cfg.prototype_replay and t > 0 else None
+        replay_rng = np.random.default_rng(cfg.seed * 7907 + t)
         best_state: dict[str, torch.Tensor] | None = None
         best_epoch, best_score = cfg.epochs, None
         last_loss, last_terms = float("nan"), {}
@@ -582,7 +701,13 @@ class ContinualTrainer:
                 idx = order[start : start + cfg.batch_size]
                 if len(idx) < 2 and n >= 2:
                     continue  # a single item gives no pairwise signal
-                loss, terms = self._loss(image[idx], text[idx], labels[idx], t, stored_anchors, stored_targets)
+                batch = (image[idx], text[idx], labels[idx])
+                if replay is not None:
+                    pseudo = replay.sample(cfg.prototype_replay, replay_rng, noise=cfg.prototype_noise)
+                    batch = tuple(
+                        torch.cat([part, _tensor(extra, device)]) for part, extra in zip(batch, pseudo, strict=True)
+                    )
+                loss, terms = self._loss(*batch, t, stored_anchors, stored_targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -687,8 +812,8 @@ class ContinualTrainer:
         q_txt = self.model.encode(_tensor(queries.text, device), "text")
         d_img = self.model.encode(_tensor(database.image, device), "image")
         d_txt = self.model.encode(_tensor(database.text, device), "text")
-        i2t = map_at_k(q_img, d_txt, queries.labels, database.labels, k=k)
-        t2i = map_at_k(q_txt, d_img, queries.labels, database.labels, k=k)
+        i2t = map_at_k(q_img, d_txt, queries.labels, database.labels, k=k, ties=self.config.ties)
+        t2i = map_at_k(q_txt, d_img, queries.labels, database.labels, k=k, ties=self.config.ties)
         return float(i2t), float(t2i)
 
     # ------------------------------------------------------------------ evaluation
@@ -700,6 +825,8 @@ class ContinualTrainer:
                 self.model.encode(_tensor(task.query.image, device), "image"),
                 self.model.encode(_tensor(task.query.text, device), "text"),
             )
+            if task is not None  # None: a task loaded from a checkpoint without its stream (queries unknown)
+            else None
             for task in self._seen
         ]
 
@@ -708,32 +835,51 @@ class ContinualTrainer:
         k = self.config.eval_k
         row_i2t, row_t2i = [], []
         for i in range(t + 1):
+            if self._seen[i] is None:  # loaded without its stream: R[t, i] stays unfilled (NaN)
+                row_i2t.append(float("nan"))
+                row_t2i.append(float("nan"))
+                continue
             query = self._seen[i].query
             stored = self._stored[i]
             q_img, q_txt = query_codes[i]
             db_txt = self.text_index.get_codes(stored.ids)
             db_img = self.image_index.get_codes(stored.ids)
-            i2t = float(map_at_k(q_img, db_txt, query.labels, stored.labels, k=k))
-            t2i = float(map_at_k(q_txt, db_img, query.labels, stored.labels, k=k))
+            i2t = float(map_at_k(q_img, db_txt, query.labels, stored.labels, k=k, ties=self.config.ties))
+            t2i = float(map_at_k(q_txt, db_img, query.labels, stored.labels, k=k, ties=self.config.ties))
             self.matrix.record(t, i, "i2t", i2t)
             self.matrix.record(t, i, "t2i", t2i)
             row_i2t.append(i2t)
             row_t2i.append(t2i)
         return row_i2t, row_t2i
 
-    def _unified_scores(self, query_codes: list[tuple[Codes, Codes]]) -> tuple[float, float, float]:
-        """All seen queries against one index holding every stored code at its own length."""
-        queries = [task.query for task in self._seen]
-        q_labels = np.concatenate([q.labels for q in queries])
-        table = LabelTable(
-            np.concatenate([s.ids for s in self._stored]), np.concatenate([s.labels for s in self._stored])
-        )
-        k = len(self.text_index) if self.config.eval_k is None else min(self.config.eval_k, len(self.text_index))
-        q_img = Codes.concatenate([image for image, _ in query_codes])
-        q_txt = Codes.concatenate([text for _, text in query_codes])
-        i2t = map_of_ranking(self.text_index.search(q_img, k).ids, q_labels, table)
-        t2i = map_of_ranking(self.image_index.search(q_txt, k).ids, q_labels, table)
-        return i2t, t2i, chance_level(q_labels, table.labels)
+    def _unified_scores(self, query_codes: list[tuple[Codes, Codes]]) -> dict[str, Any]:
+        """Every seen query against every stored code (each at its own length), ranked as one index ranks them.
+
+        Returns the :class:`~pbeh.evaluation.UnifiedMetrics` of both directions as dicts (``"i2t"``, ``"t2i"``):
+        mAP@all, mAP@100, P@10, per query task, and the share of each task's top 10 that comes from the newest task.
+        """
+        known = [i for i, task in enumerate(self._seen) if task is not None]  # None: loaded without its stream
+        query_codes = [query_codes[i] for i in known]
+        q_labels = np.concatenate([self._seen[i].query.labels for i in known])
+        q_tasks = np.concatenate([np.full(len(self._seen[i].query), i, dtype=np.int64) for i in known])
+        labels = [s.labels for s in self._stored]
+        out: dict[str, Any] = {}
+        for direction, q_index, db_index in (("i2t", 0, self.text_index), ("t2i", 1, self.image_index)):
+            queries = Codes.concatenate([codes[q_index] for codes in query_codes])
+            stored = [db_index.get_codes(s.ids) for s in self._stored]
+            metrics = unified_metrics(
+                queries,
+                q_labels,
+                q_tasks,
+                stored,
+                labels,
+                score=self.index_score,
+                flip_probability=db_index.flip_probability,
+                ties=self.config.ties,
+                db_ids=[s.ids for s in self._stored],
+            )
+            out[direction] = metrics.to_dict()
+        return out
 
     def _prefix_drift(self) -> float | None:
         """Fraction of stored bits of earlier tasks that the current model would flip (None on the first task)."""
@@ -742,6 +888,8 @@ class ContinualTrainer:
         device = self.device
         flipped, total = 0.0, 0
         for task, stored in zip(self._seen[:-1], self._stored[:-1], strict=True):
+            if task is None:  # loaded without its stream: its features are unknown
+                continue
             db = task.database
             img = self.image_index.get_codes(stored.ids)
             txt = self.text_index.get_codes(stored.ids)
@@ -827,10 +975,18 @@ class ContinualTrainer:
         previous save intact.
         """
         target = Path(directory)
-        tmp = target.parent / f".{target.name}.partial"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+        if target.exists() and not target.is_dir():
+            raise NotADirectoryError(f"directory: expected a directory path, got the existing file {str(target)!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = staging_directory(target)
+        try:
+            self._save_into(tmp)
+            replace_directory(tmp, target)  # one step: load(directory) sees the old state or the new one
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _save_into(self, tmp: Path) -> None:
         self.model.save_pretrained(tmp / "model")
         self.image_index.save(tmp / "image_index.safetensors")
         self.text_index.save(tmp / "text_index.safetensors")
@@ -840,6 +996,8 @@ class ContinualTrainer:
         for s, stored in enumerate(self._stored):
             arrays[f"stored.{s}.ids"] = stored.ids
             arrays[f"stored.{s}.labels"] = np.asarray(stored.labels, dtype=np.uint8)
+        for s, prototypes in enumerate(self._prototypes):
+            arrays.update(prototypes.to_arrays(f"prototypes.{s}."))
         save_safetensors(tmp / "trainer_state.safetensors", arrays, kind="trainer_state", format_version=1)
         write_json(
             tmp / "trainer.json",
@@ -857,19 +1015,25 @@ class ContinualTrainer:
                 "matrix": self.matrix.to_dict(),
             },
         )
-        old = target.parent / f".{target.name}.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        if old.exists():
-            shutil.rmtree(old)
 
     @classmethod
     def load(cls, directory: str | Path, *, checkpoint_dir: str | Path | None = None) -> ContinualTrainer:
-        """Load a state written by :meth:`save`; training continues with :meth:`fit` on the same stream."""
+        """Load a state written by :meth:`save`, or the newest state of a run directory (a ``checkpoint_dir``).
+
+        ``directory`` is a state directory (``run/task_003``) or a run directory holding ``latest.json``; for a run
+        directory ``checkpoint_dir`` defaults to it, so further tasks keep checkpointing there. Training continues
+        with :meth:`fit` on the same stream (all rows of the matrix are evaluated) or with :meth:`fit_task` on new
+        tasks (rows of the earlier tasks stay unfilled: their queries are not part of the state).
+
+        Raises:
+            FormatError: a missing, damaged or inconsistent state or pointer.
+        """
         directory = Path(directory)
+        if (directory / LATEST_NAME).is_file() and not (directory / "trainer.json").is_file():
+            if checkpoint_dir is None:
+                checkpoint_dir = directory
+            directory = _latest_state_dir(directory)
+        directory = resolve_directory(directory)
         meta = read_json(directory / "trainer.json", what="trainer state")
         if not isinstance(meta, dict) or meta.get("pbeh_kind", "trainer") != "trainer":
             raise FormatError(f"{str(directory)!r}: trainer.json does not describe a pbeh trainer state")
@@ -878,38 +1042,73 @@ class ContinualTrainer:
                 f"{str(directory)!r}: trainer format_version {meta.get('format_version')!r}, "
                 f"this pbeh reads {TRAINER_FORMAT_VERSION}"
             )
+        source = f"trainer state {str(directory / 'trainer.json')!r}"
+        for key, kind in (("config", dict), ("loss_weights", dict), ("extension_policy", dict), ("index_score", str)):
+            json_field(meta, key, kind, source=source)
         model = CrossModalHashModel.from_pretrained(directory / "model")
-        trainer = cls(
-            model,
-            config=TrainerConfig.from_dict(meta["config"]),
-            loss_weights=LossWeights.from_dict(meta["loss_weights"]),
-            extension_policy=extension_policy_from_config(meta["extension_policy"]),
-            index_score=meta["index_score"],
-            checkpoint_dir=checkpoint_dir,
-        )
-        trainer._load_state(directory, meta)
+        try:
+            trainer = cls(
+                model,
+                config=TrainerConfig.from_dict(meta["config"]),
+                loss_weights=LossWeights.from_dict(meta["loss_weights"]),
+                extension_policy=extension_policy_from_config(meta["extension_policy"]),
+                index_score=meta["index_score"],
+                checkpoint_dir=checkpoint_dir,
+            )
+            trainer._load_state(directory, meta)
+        except FormatError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise FormatError(f"{source} is damaged or inconsistent: {type(exc).__name__}: {exc}") from exc
+        trainer._seen = [None] * len(trainer._stored)  # type: ignore[list-item]  # queries unknown until fit(stream)
         return trainer
 
     def _load_state(self, directory: Path, meta: dict[str, Any]) -> None:
         self.image_index = TruncatedHammingIndex.load(directory / "image_index.safetensors")
         self.text_index = TruncatedHammingIndex.load(directory / "text_index.safetensors")
         arrays, _ = load_safetensors(directory / "trainer_state.safetensors", kind="trainer_state", format_version=1)
+        source = f"trainer state {str(directory / 'trainer.json')!r}"
+        stored = json_field(meta, "stored", list, source=source)
+        reports = json_field(meta, "reports", list, source=source)
+        json_field(meta, "matrix", dict, source=source)
+        json_field(meta, "pending_extension", int, source=source, minimum=0, maximum=1 << 20)
+        for i, entry in enumerate(stored):
+            json_field(entry, "name", str, source=f"{source} stored[{i}]")
+            json_field(entry, "n_bits", int, source=f"{source} stored[{i}]", minimum=1, maximum=1 << 20)
+            for key in (f"stored.{i}.ids", f"stored.{i}.labels", f"anchor.{i}"):
+                if key not in arrays:
+                    raise FormatError(f"{source}: trainer_state.safetensors has no tensor {key!r}")
+        if len(reports) != len(stored):
+            raise FormatError(f"{source}: {len(reports)} reports for {len(stored)} stored tasks")
         self._stored = [
             _StoredTask(s["name"], arrays[f"stored.{i}.ids"], arrays[f"stored.{i}.labels"], int(s["n_bits"]))
             for i, s in enumerate(meta["stored"])
         ]
         self._anchors = [torch.from_numpy(arrays[f"anchor.{i}"].copy()) for i in range(len(self._stored))]
+        # States written before class prototypes existed have none: replay then starts from the next task's classes.
+        self._prototypes = [
+            ClassPrototypes.from_arrays(arrays, f"prototypes.{i}.", n_classes=self._stored[i].labels.shape[1])
+            for i in range(len(self._stored))
+            if f"prototypes.{i}.classes" in arrays
+        ]
         self._pending_extension = int(meta["pending_extension"])
         self.reports = [TaskReport.from_dict(r) for r in meta["reports"]]
         self.matrix = ContinualMatrix.from_dict(meta["matrix"])
 
     def _restore(self, checkpoint_dir: Path) -> None:
-        latest = read_json(checkpoint_dir / "latest.json", what="checkpoint pointer")
-        state_dir = checkpoint_dir / latest["directory"]
-        loaded = ContinualTrainer.load(state_dir)
+        loaded = ContinualTrainer.load(_latest_state_dir(checkpoint_dir))
+        differences = resume_differences(self, loaded)
+        if differences:
+            raise ValueError(
+                f"checkpoint_dir: {str(checkpoint_dir)!r} holds a run trained with other options ("
+                + "; ".join(differences)
+                + "). Resume with the run's options, or start afresh with fit(..., resume=False) / "
+                "`pbeh train --no-resume` (which overwrites it) or another checkpoint directory / --out"
+            )
         for name in (
             "model", "config", "loss_weights", "extension_policy", "index_score",
-            "image_index", "text_index", "_stored", "_anchors", "_pending_extension", "reports", "matrix",
+            "image_index", "text_index", "_stored", "_anchors", "_prototypes", "_pending_extension", "reports",
+            "matrix",
         ):  # fmt: skip
             setattr(self, name, getattr(loaded, name))
 
@@ -931,6 +1130,15 @@ class ContinualTrainer:
             out["unified_chance"] = last.unified_chance
             drifts = [r.prefix_drift for r in self.reports if r.prefix_drift is not None]
             out["prefix_drift"] = drifts[-1] if drifts else None
+            for direction, figures in (last.unified or {}).items():
+                # What a user sees at the top of the one index: per query task, P@10, mAP@100 and the share of the
+                # top 10 that comes from the newest task.
+                out[f"unified_{direction}_p10"] = figures["p_at_10"]
+                out[f"unified_{direction}_map100"] = figures["map_at_100"]
+                out[f"unified_{direction}_p10_per_task"] = figures["per_task_p_at_10"]
+                out[f"unified_{direction}_map100_per_task"] = figures["per_task_map_at_100"]
+                out[f"unified_{direction}_newest_share_per_task"] = figures["per_task_newest_share"]
+            out["ties"] = self.config.ties
         if self._stored:
             # packed bytes per stored item and modality (before faiss's padding to a fast code size)
             items = sum(len(s.ids) for s in self._stored)
@@ -940,6 +1148,73 @@ class ContinualTrainer:
             out[f"bwt_{direction}"] = self.matrix.bwt(direction)
             out[f"forgetting_{direction}"] = self.matrix.forgetting(direction)
         return _json_safe(out)
+
+
+LATEST_NAME = "latest.json"
+
+# Model options that a resumed run must share with the run in its checkpoint (the rest grows with the tasks).
+_RESUME_MODEL_KEYS = (
+    "image_dim", "text_dim", "dim", "hidden_dims", "branch_hidden_dims", "normalize_features", "feature_norm",
+    "seed", "use_prompts", "center_features", "dtype",
+)  # fmt: skip
+# Options that do not change what is trained.
+_RESUME_IGNORED_CONFIG = ("show_progress",)
+
+
+def resume_differences(current: ContinualTrainer, saved: ContinualTrainer) -> list[str]:
+    """The options in which ``current`` (about to resume) differs from ``saved`` (the checkpoint), as
+    ``"name: checkpoint X, now Y"`` strings; empty when resuming is consistent.
+
+    The initial code length, the model widths, every :class:`TrainerConfig` field that affects training (epochs,
+    lr, batch size, seed, ...), the loss weights, the extension policy and the index score are compared.
+    """
+
+    def note(name: str, old: Any, new: Any) -> None:
+        if old != new:
+            out.append(f"{name}: checkpoint {old!r}, now {new!r}")
+
+    out: list[str] = []
+    note("n_bits", saved.model.width_history[0], current.model.width_history[0])
+    saved_model, current_model = saved.model.get_config(), current.model.get_config()
+    for key in _RESUME_MODEL_KEYS:
+        note(key, saved_model.get(key), current_model.get(key))
+    saved_cfg, current_cfg = saved.config.to_dict(), current.config.to_dict()
+    for key in sorted(set(saved_cfg) | set(current_cfg)):
+        if key not in _RESUME_IGNORED_CONFIG:
+            note(key, saved_cfg.get(key), current_cfg.get(key))
+    note("loss_weights", saved.loss_weights.to_dict(), current.loss_weights.to_dict())
+    note("extension_policy", saved.extension_policy.to_config(), current.extension_policy.to_config())
+    note("index_score", saved.index_score, current.index_score)
+    return out
+
+
+def checkpoint_state_dir(run: str | Path) -> Path:
+    """The state directory of a run: ``run`` itself when it holds ``trainer.json``, else the one its
+    ``latest.json`` names (checked to lie inside ``run``).
+
+    Raises:
+        FormatError: neither, or a damaged or escaping pointer.
+    """
+    run = Path(run)
+    if (run / "trainer.json").is_file():
+        return run
+    if (run / LATEST_NAME).is_file():
+        return resolve_directory(_latest_state_dir(run))
+    raise FormatError(f"{str(run)!r} holds no pbeh run (no trainer.json or {LATEST_NAME})")
+
+
+def _latest_state_dir(checkpoint_dir: Path) -> Path:
+    """The state directory ``latest.json`` names, checked to be a ``task_<t>`` (or ``joint``) inside the run."""
+    path = Path(checkpoint_dir) / LATEST_NAME
+    source = f"checkpoint pointer {str(path)!r}"
+    latest = read_json(path, what="checkpoint pointer", expect=dict)
+    name = json_field(latest, "directory", str, source=source)
+    json_field(latest, "tasks_done", int, source=source, minimum=0)
+    if not re.fullmatch(r"task_\d{3,9}|joint", name):
+        raise FormatError(
+            f"{source}: 'directory' must name a state inside the run directory (task_<t> or joint), got {name[:80]!r}"
+        )
+    return Path(checkpoint_dir) / name
 
 
 def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:

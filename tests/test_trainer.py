@@ -32,6 +32,12 @@ from pbeh.trainer import ContinualTrainer, TaskReport, TrainerConfig
 
 N_BITS = 8
 SUMMARY_KEYS = {
+    "ties",
+    *(
+        f"unified_{direction}_{name}"
+        for direction in ("i2t", "t2i")
+        for name in ("p10", "map100", "p10_per_task", "map100_per_task", "newest_share_per_task")
+    ),
     "tasks",
     "final_bits",
     "bits_per_task",
@@ -57,7 +63,8 @@ def make_stream(seed: int = 0) -> TaskStream:
 
 def make_config(**overrides) -> TrainerConfig:
     # The frozen extension path is the one with exactness guarantees to test; its counterpart sets False explicitly.
-    defaults = {"epochs": 2, "batch_size": 32, "eval_k": None, "lr": 1e-3, "freeze_old_bits": True}
+    # ties="reference": the brute-force checks below rank ties in database order, as the released evaluation does.
+    defaults = {"epochs": 2, "batch_size": 32, "eval_k": None, "lr": 1e-3, "freeze_old_bits": True, "ties": "reference"}
     return TrainerConfig(**{**defaults, **overrides})
 
 
