@@ -59,7 +59,7 @@ class Codes:
     __slots__ = ("_packed", "n_bits")
     __hash__ = None  # type: ignore[assignment]  # mutable-looking array payload: not hashable
 
-    def __init__(self, packed: np.ndarray, n_bits: int) -> None:
+    def __init__(self, packed: np.ndarray, n_bits: int, *, _owned: bool = False) -> None:
         n_bits = check_positive_int(n_bits, "n_bits")
         arr = to_numpy(packed, "packed")
         if arr.dtype != np.uint8:
@@ -71,6 +71,10 @@ class Codes:
                 f"packed: {n_bits}-bit codes need {_n_bytes(n_bits)} bytes per row, got {arr.shape[1]} "
                 f"(shape {arr.shape})"
             )
+        if not _owned:
+            # Copy first, then validate the copy: the codes never share memory with the caller's array or tensor,
+            # so writing to that buffer later cannot change these codes (or their padding bits).
+            arr = np.array(arr, dtype=np.uint8, order="C", copy=True)
         mask = _tail_mask(n_bits)
         if mask != 0xFF and arr.shape[0] and np.any(arr[:, -1] & (~mask & 0xFF)):
             bad = int(np.flatnonzero(arr[:, -1] & (~mask & 0xFF))[0])
@@ -86,7 +90,11 @@ class Codes:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_packed(cls, packed: np.ndarray, n_bits: int) -> Codes:
-        """Wrap packed bytes (validated: dtype, shape, byte width against ``n_bits``, zero padding)."""
+        """Codes from packed bytes (validated: dtype, shape, byte width against ``n_bits``, zero padding).
+
+        The bytes are copied before they are validated: the codes never alias ``packed`` (or a tensor's storage),
+        and ``packed`` stays writable.
+        """
         return cls(packed, n_bits)
 
     @classmethod
@@ -103,7 +111,7 @@ class Codes:
             if arr.size and not np.all((arr == 0) | (arr == 1)):
                 raise ValueError("bits: expected only 0 and 1 (or booleans); use Codes.from_signs for real values")
             arr = arr.astype(bool)
-        return cls(np.packbits(arr, axis=1, bitorder="big"), arr.shape[1])
+        return cls(np.packbits(arr, axis=1, bitorder="big"), arr.shape[1], _owned=True)
 
     @classmethod
     def from_signs(cls, values: Any) -> Codes:
@@ -122,13 +130,13 @@ class Codes:
             raise TypeError(f"values: expected a real-valued array, got dtype {arr.dtype}")
         if np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
             raise ValueError("values: contains NaN; codes need a sign for every value")
-        return cls(np.packbits(arr >= 0, axis=1, bitorder="big"), arr.shape[1])
+        return cls(np.packbits(arr >= 0, axis=1, bitorder="big"), arr.shape[1], _owned=True)
 
     @classmethod
     def empty(cls, n_bits: int) -> Codes:
         """Zero codes of length ``n_bits``."""
         n_bits = check_positive_int(n_bits, "n_bits")
-        return cls(np.zeros((0, _n_bytes(n_bits)), dtype=np.uint8), n_bits)
+        return cls(np.zeros((0, _n_bytes(n_bits)), dtype=np.uint8), n_bits, _owned=True)
 
     @classmethod
     def concatenate(cls, parts: Iterable[Codes]) -> Codes:
@@ -144,7 +152,7 @@ class Codes:
                     f"parts[{i}]: all codes must have the same n_bits, got {c.n_bits} and {items[0].n_bits}; "
                     "truncate them to a common length first"
                 )
-        return cls(np.concatenate([c.packed for c in items], axis=0), items[0].n_bits)
+        return cls(np.concatenate([c.packed for c in items], axis=0), items[0].n_bits, _owned=True)
 
     # ------------------------------------------------------------------ views
     @property
@@ -175,7 +183,7 @@ class Codes:
         out = self._packed[:, : _n_bytes(n_bits)].copy()
         if out.shape[0]:
             out[:, -1] &= _tail_mask(n_bits)
-        return Codes(out, n_bits)
+        return Codes(out, n_bits, _owned=True)
 
     def __len__(self) -> int:
         return self._packed.shape[0]
@@ -186,10 +194,10 @@ class Codes:
             n = len(self)
             if not -n <= index < n:
                 raise IndexError(f"index: {index} out of range for {n} codes")
-            return Codes(self._packed[[int(index)]], self.n_bits)
+            return Codes(self._packed[[int(index)]], self.n_bits, _owned=True)
         if isinstance(index, tuple):
             raise TypeError("index: Codes are indexed by rows only (int, slice, int array or bool mask)")
-        return Codes(self._packed[index], self.n_bits)
+        return Codes(self._packed[index], self.n_bits, _owned=True)
 
     def __iter__(self):  # pragma: no cover - convenience
         for i in range(len(self)):

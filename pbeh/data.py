@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ._validation import check_bool, check_fraction, check_int
+from ._matv5 import MatV5File
 from .serialization import FormatError
 
 __all__ = [
@@ -719,14 +720,6 @@ def class_incremental_split(
 # MATLAB and npz readers
 
 
-def _import_scipy_io() -> Any:
-    try:
-        import scipy.io
-    except ImportError as exc:  # pragma: no cover - exercised by monkeypatching in the tests
-        raise ImportError("reading MATLAB v5 .mat files needs scipy: pip install pbeh[data]") from exc
-    return scipy.io
-
-
 def _import_h5py() -> Any:
     try:
         import h5py
@@ -743,6 +736,10 @@ def _is_hdf5(path: Path) -> bool:
     return head[:8] == signature or head[512:520] == signature
 
 
+# A compressed HDF5 dataset cannot expand beyond about 1000:1 (deflate); anything claiming more is damaged.
+_MAX_HDF5_EXPANSION = 1100
+
+
 class _MatFile:
     """Lazy access to the numeric variables of a v5 or v7.3 ``.mat`` file, in MATLAB's (N x D) orientation."""
 
@@ -753,15 +750,15 @@ class _MatFile:
         self.hdf5 = _is_hdf5(self.path)
         if self.hdf5:
             h5py = _import_h5py()
-            with h5py.File(self.path, "r") as fh:
-                self.keys = [k for k, v in fh.items() if isinstance(v, h5py.Dataset) and not k.startswith("#")]
-        else:
-            sio = _import_scipy_io()
             try:
-                info = sio.whosmat(str(self.path))
-            except Exception as exc:
-                raise FormatError(f"{self.path}: not a readable MATLAB .mat file ({exc})") from exc
-            self.keys = [name for name, _shape, _cls in info]
+                with h5py.File(self.path, "r") as fh:
+                    self.keys = [k for k, v in fh.items() if isinstance(v, h5py.Dataset) and not k.startswith("#")]
+            except (OSError, KeyError, ValueError, RuntimeError, TypeError) as exc:
+                raise FormatError(f"{self.path}: not a readable MATLAB v7.3 (HDF5) .mat file ({exc})") from exc
+        else:
+            # MATLAB v5 files are parsed by pbeh's checked reader (scipy.io.loadmat can crash on a damaged file).
+            self._v5 = MatV5File(self.path)
+            self.keys = self._v5.keys
 
     def find(self, candidates: Sequence[str], *, what: str) -> str:
         """The first key of ``candidates`` present (exact, then case-insensitive), else a FormatError."""
@@ -781,15 +778,34 @@ class _MatFile:
         if key not in self.keys:
             raise FormatError(f"{self.path}: missing key {key!r}; keys present: {', '.join(map(repr, self.keys))}")
         if self.hdf5:
-            h5py = _import_h5py()
-            with h5py.File(self.path, "r") as fh:
-                arr = np.asarray(fh[key][()])
-            arr = arr.T  # MATLAB is column-major: h5py sees the transpose
+            arr = self._read_hdf5(key)
         else:
-            arr = _import_scipy_io().loadmat(str(self.path), variable_names=[key])[key]
+            arr = self._v5.read(key)
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
             raise FormatError(f"{self.path}: key {key!r} is not a numeric array (dtype {arr.dtype})")
         return arr
+
+    def _read_hdf5(self, key: str) -> np.ndarray:
+        """One dataset of a v7.3 file, its size checked against the file before it is read."""
+        h5py = _import_h5py()
+        try:
+            with h5py.File(self.path, "r") as fh:
+                dataset = fh[key]
+                if not isinstance(dataset, h5py.Dataset) or dataset.dtype.kind not in "biuf":
+                    raise FormatError(f"{self.path}: key {key!r} is not a numeric array (dtype {dataset.dtype})")
+                n_bytes = int(np.prod(dataset.shape, dtype=np.float64)) * dataset.dtype.itemsize
+                limit = _MAX_HDF5_EXPANSION * max(self.path.stat().st_size, 1 << 20)
+                if n_bytes > limit:
+                    raise FormatError(
+                        f"{self.path}: key {key!r} claims shape {dataset.shape} ({n_bytes} bytes), more than "
+                        f"{_MAX_HDF5_EXPANSION} times the file's size; the file is damaged"
+                    )
+                arr = np.asarray(dataset[()])
+        except FormatError:
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
+            raise FormatError(f"{self.path}: could not read key {key!r} ({type(exc).__name__}: {exc})") from exc
+        return arr.T  # MATLAB is column-major: h5py sees the transpose
 
 
 def _orient(arrays: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
@@ -1021,7 +1037,7 @@ def read_all_mat(
 
 
 def _read_cell(mat: _MatFile, key: str) -> list[np.ndarray]:
-    """The entries of a MATLAB cell array (v5 via scipy, v7.3 via h5py object references), in MATLAB order."""
+    """The entries of a MATLAB cell array (v5 via pbeh's checked reader, v7.3 via h5py references), in MATLAB order."""
     if mat.hdf5:
         h5py = _import_h5py()
         with h5py.File(mat.path, "r") as fh:
@@ -1029,7 +1045,7 @@ def _read_cell(mat: _MatFile, key: str) -> list[np.ndarray]:
             if refs.dtype != h5py.ref_dtype and refs.dtype != object:
                 raise FormatError(f"{mat.path}: key {key!r} is not a cell array (dtype {refs.dtype})")
             return [np.asarray(fh[ref][()]).T for ref in refs.T.ravel()]
-    cell = _import_scipy_io().loadmat(str(mat.path), variable_names=[key])[key]
+    cell = mat._v5.read(key, cells=True)
     if cell.dtype != object:
         raise FormatError(f"{mat.path}: key {key!r} is not a cell array (dtype {cell.dtype})")
     return [np.asarray(x) for x in cell.ravel(order="F")]

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,18 @@ from ._version import __version__
 from .codes import Codes
 from .hasher import ExtensibleHasher, _encode_in_batches, _prefix_drift
 from .prompts import MODALITIES, PromptPool
-from .serialization import FormatError, load_safetensors, read_json, save_safetensors, write_json
+from .serialization import (
+    FormatError,
+    json_field,
+    load_safetensors,
+    read_json,
+    read_safetensors_header,
+    replace_directory,
+    resolve_directory,
+    save_safetensors,
+    staging_directory,
+    write_json,
+)
 
 __all__ = ["CONFIG_NAME", "FORMAT_VERSION", "WEIGHTS_NAME", "CrossModalHashModel"]
 
@@ -428,7 +440,11 @@ class CrossModalHashModel(nn.Module):
         return model.to(dtype=dtype)
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write ``model.safetensors`` (weights, first) and ``config.json`` (last), each atomically.
+        """Write ``model.safetensors`` and ``config.json`` into ``directory`` as one step.
+
+        Both files are written into a staging directory beside ``directory`` which then replaces it (see
+        :func:`pbeh.serialization.replace_directory`), so a crash at any point leaves the previous model or the new
+        one, never new weights beside an old config. Other files already in ``directory`` are carried over.
 
         Example:
             >>> import tempfile
@@ -444,17 +460,32 @@ class CrossModalHashModel(nn.Module):
         directory = Path(directory)
         if directory.exists() and not directory.is_dir():
             raise NotADirectoryError(f"directory: expected a directory path, got the existing file {str(directory)!r}")
-        directory.mkdir(parents=True, exist_ok=True)
         arrays = {}
         for name, tensor in self.state_dict().items():
             if tensor.dtype not in _DTYPES.values():
                 raise TypeError(
-                    f"save_pretrained: tensor {name!r} has dtype {tensor.dtype}; expected one of {list(_DTYPES)}"
+                    f"save_pretrained: tensor {name!r} has dtype {tensor.dtype}; expected one of {list(_DTYPES)} "
+                    "(convert the model first, e.g. model.float())"
                 )
             arrays[name] = tensor.detach().cpu().contiguous().numpy()
         meta = {"n_bits": self.n_bits, "pool_sizes": self.pool.pool_sizes}
-        save_safetensors(directory / WEIGHTS_NAME, arrays, kind=_KIND, format_version=FORMAT_VERSION, metadata=meta)
-        write_json(directory / CONFIG_NAME, self.get_config())
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        staged = staging_directory(directory)
+        try:
+            save_safetensors(staged / WEIGHTS_NAME, arrays, kind=_KIND, format_version=FORMAT_VERSION, metadata=meta)
+            write_json(staged / CONFIG_NAME, self.get_config())
+            if directory.is_dir():
+                for entry in directory.iterdir():
+                    if entry.name in (WEIGHTS_NAME, CONFIG_NAME):
+                        continue
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.copytree(entry, staged / entry.name, symlinks=True)
+                    else:
+                        shutil.copy2(entry, staged / entry.name, follow_symlinks=False)
+            replace_directory(staged, directory)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         _logger.info("saved model (%d bits, %d tasks) to %s", self.n_bits, self.n_tasks, directory)
 
     @classmethod
@@ -470,7 +501,7 @@ class CrossModalHashModel(nn.Module):
             FormatError: the directory, config or weights are missing; another kind or format version; the
                 weights do not match the config's shapes.
         """
-        directory = Path(directory)
+        directory = resolve_directory(directory)
         if not directory.is_dir():
             raise FormatError(f"directory: no saved model at {str(directory)!r} (not a directory)")
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -485,6 +516,10 @@ class CrossModalHashModel(nn.Module):
                 f"this pbeh {__version__} reads format_version {FORMAT_VERSION}. "
                 "Re-save it with a matching pbeh version."
             )
+        # The weights file's checked header bounds what the config may ask to allocate.
+        header = read_safetensors_header(weights_path, kind=_KIND)
+        weights_bytes = sum(end - begin for *_, begin, end in header.tensors.values())
+        _check_config_size(config, weights_bytes, "model config")
         model = cls.from_config(config)
         arrays, _ = load_safetensors(weights_path, kind=_KIND, format_version=FORMAT_VERSION)
         expected = model.state_dict()
@@ -502,5 +537,58 @@ class CrossModalHashModel(nn.Module):
                     f"{CONFIG_NAME} describes {tuple(tensor.shape)} (widths {config['width_history']}, pools "
                     f"{config['pool_sizes']}); the two files do not belong together"
                 )
+        for name, tensor in expected.items():
+            if arrays[name].dtype != tensor.detach().cpu().numpy().dtype:
+                raise FormatError(
+                    f"{str(weights_path)!r}: tensor {name!r} has dtype {arrays[name].dtype} but {CONFIG_NAME} "
+                    f"describes a {config.get('dtype', 'float32')} model"
+                )
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, strict=True)
         return model.to(map_location).eval()
+
+
+_MAX_LIST = 4096  # no width or pool list pbeh writes is longer
+
+
+def _int_list(config: Mapping[str, Any], key: str, source: str, *, minimum: int, allow_empty: bool) -> list[int]:
+    values = json_field(config, key, list, source=source)
+    if len(values) > _MAX_LIST or (not values and not allow_empty):
+        raise FormatError(f"{source}: {key!r} must be a list of 1 to {_MAX_LIST} ints, got {len(values)} entries")
+    for v in values:
+        if type(v) is not int or v < minimum:
+            raise FormatError(f"{source}: {key!r} must hold ints >= {minimum}, got {str(v)[:40]!r}")
+    return values
+
+
+def _check_config_size(config: Mapping[str, Any], weights_bytes: int, source: str) -> None:
+    """Check the config's widths and counts, and that the parameters they imply fit in the weights file.
+
+    A lower bound on the parameter count (prompt pools, the hash heads' first and last layers, the feature maps and
+    means) is computed from the config alone; a config that would allocate more than the weights file holds is
+    refused before the model is built, so a damaged or hostile ``config.json`` cannot turn into a huge allocation.
+    """
+    dims = {k: json_field(config, k, int, source=source, minimum=1) for k in ("image_dim", "text_dim", "dim", "n_bits")}
+    hidden = _int_list(config, "hidden_dims", source, minimum=1, allow_empty=True)
+    branch = _int_list(config, "branch_hidden_dims", source, minimum=1, allow_empty=True)
+    widths = _int_list(config, "width_history", source, minimum=1, allow_empty=False)
+    pools = _int_list(config, "pool_sizes", source, minimum=0, allow_empty=True)
+    json_field(config, "pool", dict, source=source)
+    dim = dims["dim"]
+    # smallest dtype pbeh saves: float16
+    bound = 2 * (dims["image_dim"] + dims["text_dim"])
+    bound += sum(pools) * dim
+    for d in (dims["image_dim"], dims["text_dim"]):
+        if d != dim:
+            bound += d * dim
+    layers = [2 * dim, *hidden]
+    bound += 2 * sum(a * b for a, b in zip(layers, layers[1:], strict=False))
+    bound += 2 * layers[-1] * widths[0]
+    if widths[-1] > widths[0]:  # every added bit is one output row per modality, at least min-width wide
+        bound += 2 * min(layers[-1], *(branch[-1:] or [layers[-1]])) * (widths[-1] - widths[0])
+    if bound * 2 > weights_bytes:
+        raise FormatError(
+            f"{source}: the config describes at least {bound} parameters ({bound * 2} bytes in float16) but the "
+            f"weights file holds {weights_bytes} bytes; the config is damaged or does not belong to these weights "
+            f"(image_dim {dims['image_dim']}, text_dim {dims['text_dim']}, dim {dim}, hidden_dims {hidden[:4]}, "
+            f"pool_sizes {pools[:4]})"
+        )

@@ -1,25 +1,39 @@
-"""File formats, versions and atomic writes shared by everything pbeh saves.
+"""File formats, versions, checksums and atomic writes shared by everything pbeh saves.
 
 Every artifact pbeh writes is either a safetensors file whose string metadata describes it, or a directory holding a
-``config.json`` next to a ``model.safetensors``. Nothing is ever pickled. Each file records
+``config.json`` next to a ``model.safetensors``. Nothing is ever pickled. Each safetensors file records
 
 * ``pbeh_kind``: what the file is (``"index"``, ``"model"``, ``"features"``, ...), so that loading an index from a
   feature cache fails with a clear message instead of a confusing key error;
 * ``format_version``: the layout version of that kind; a reader refuses versions it does not know;
-* ``pbeh_version``: the library version that wrote it (informational).
+* ``pbeh_version``: the library version that wrote it (informational);
+* ``pbeh_checksum``: ``"sha256:<hex>"`` over the header and the tensor bytes, verified on load (files without one,
+  written by earlier pbeh versions, are still read).
+
+Every safetensors file is read through one checked header reader (:func:`read_safetensors_header`): the header
+length, the JSON, every dtype, shape and data offset is checked against the file's actual size *before* anything is
+allocated, so a damaged or hostile file raises :class:`FormatError` and can never ask for more memory than its own
+size.
 
 Writes are atomic: the bytes go to a temporary file in the destination directory, are flushed to disk, and replace
-the destination with :func:`os.replace`. A crash leaves either the old file or the new one, never half of one.
+the destination with :func:`os.replace`. A crash leaves either the old file or the new one, never half of one. Files
+get the permissions the process umask gives a new file (``0o666 & ~umask``). A multi-file save (a model directory,
+a trainer state) is assembled in a staging directory and swapped in as one step with :func:`replace_directory`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import hashlib
 import json
+import math
 import os
+import shutil
 import struct
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +43,21 @@ from ._version import __version__
 
 __all__ = [
     "FormatError",
+    "SafetensorsBlockReader",
     "atomic_path",
     "atomic_write_bytes",
     "check_format_version",
+    "json_field",
     "load_safetensors",
     "read_json",
+    "read_safetensors_header",
     "read_safetensors_metadata",
+    "replace_directory",
+    "resolve_directory",
     "save_safetensors",
+    "save_safetensors_streaming",
     "serialize_safetensors",
+    "sibling_path",
     "write_json",
 ]
 
@@ -45,17 +66,72 @@ PathLike = str | os.PathLike[str]
 # safetensors files start with an 8-byte little-endian header length followed by a JSON header. A header larger than
 # this is not something pbeh wrote (and reading it could exhaust memory).
 _MAX_HEADER_BYTES = 100_000_000
+# No array pbeh writes has more dimensions than this.
+_MAX_NDIM = 8
+# A JSON file larger than this is not something pbeh wrote.
+_MAX_JSON_BYTES = 1 << 30
+CHECKSUM_KEY = "pbeh_checksum"
+_RESERVED_KEYS = ("pbeh_kind", "format_version", "pbeh_version", CHECKSUM_KEY)
 
 
 class FormatError(ValueError):
-    """A file is missing, truncated, of another kind, or of a format version this pbeh cannot read."""
+    """A file is missing, truncated, damaged, of another kind, or of a format version this pbeh cannot read."""
 
 
+# ------------------------------------------------------------------------------------------------ names and modes
+def _name_max(directory: Path) -> int:
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - platforms without pathconf
+        return 255
+
+
+def _fit_name(name: str, extra: int, directory: Path) -> str:
+    """``name`` shortened (with a digest of the full name, so distinct names stay distinct) so that ``extra`` more
+    bytes still fit in one file name of ``directory``'s file system."""
+    room = _name_max(directory) - extra
+    if len(name.encode("utf-8")) <= room:
+        return name
+    digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:10]
+    keep = name.encode("utf-8", "surrogateescape")[: max(0, room - 11)].decode("utf-8", "ignore")
+    return f"{keep}~{digest}"
+
+
+def sibling_path(target: PathLike, tag: str) -> Path:
+    """The hidden sibling ``.<name>.<tag>`` of ``target`` (shortened when the full name would be too long)."""
+    target = Path(target)
+    suffix = f".{tag}"
+    return target.parent / f".{_fit_name(target.name, 1 + len(suffix), target.parent)}{suffix}"
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the platform allows."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # pragma: no cover - platforms without /proc
+    os.umask(mask)  # pragma: no cover
+    return mask  # pragma: no cover
+
+
+def _fsync_directory(directory: Path) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ------------------------------------------------------------------------------------------------ atomic files
 @contextlib.contextmanager
 def atomic_path(path: PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 
-    If the body raises, the temporary file is removed and ``path`` is left untouched.
+    If the body raises, the temporary file is removed and ``path`` is left untouched. The new file gets the mode
+    the umask gives a newly created file. A file name up to the file system's limit can be written (the temporary
+    name is shortened to fit).
 
     Example:
         >>> import tempfile, pathlib
@@ -69,7 +145,9 @@ def atomic_path(path: PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
     if target.exists() and target.is_dir():
         raise IsADirectoryError(f"path: expected a file path, got the existing directory {str(target)!r}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    # mkstemp adds 8 random characters and the suffix to the prefix ".<name>."
+    prefix = f".{_fit_name(target.name, 2 + 8 + len(suffix), target.parent)}."
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -77,6 +155,7 @@ def atomic_path(path: PathLike, *, suffix: str = ".tmp") -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -95,17 +174,136 @@ def write_json(path: PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
-def read_json(path: PathLike, *, what: str = "JSON file") -> Any:
-    """Read a JSON file, raising :class:`FormatError` that names the file when it is missing or malformed."""
+def read_json(path: PathLike, *, what: str = "JSON file", expect: type | None = None) -> Any:
+    """Read a JSON file, raising :class:`FormatError` that names the file when it is missing or malformed.
+
+    Args:
+        path: the file.
+        what: how messages name it (``"model config"``).
+        expect: when given (``dict`` or ``list``), the top-level value must be of this type.
+    """
     p = Path(path)
     if not p.is_file():
         raise FormatError(f"{what} not found: {str(p)!r}")
+    size = p.stat().st_size
+    if size > _MAX_JSON_BYTES:
+        raise FormatError(f"{what} {str(p)!r} is {size} bytes; pbeh writes no JSON file over {_MAX_JSON_BYTES}")
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        obj = json.loads(p.read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise FormatError(f"{what} {str(p)!r} is not valid JSON: {exc}") from exc
+    if expect is not None and not isinstance(obj, expect):
+        raise FormatError(f"{what} {str(p)!r}: expected a JSON {expect.__name__}, got {type(obj).__name__}")
+    return obj
 
 
+_MISSING = object()
+
+
+def json_field(
+    obj: Mapping[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    *,
+    source: str,
+    default: Any = _MISSING,
+    minimum: int | None = None,
+    maximum: int | None = None,
+) -> Any:
+    """``obj[key]`` checked to be of ``kind`` (and, for ints, within ``[minimum, maximum]``), else FormatError.
+
+    Bools are not ints here, and ints are accepted where a float is asked for.
+
+    Example:
+        >>> json_field({"n": 3}, "n", int, source="x.json", maximum=10)
+        3
+        >>> json_field({"n": "3"}, "n", int, source="x.json")
+        Traceback (most recent call last):
+        ...
+        pbeh.serialization.FormatError: x.json: 'n' must be int, got str '3'
+    """
+    if not isinstance(obj, Mapping):
+        raise FormatError(f"{source}: expected a JSON object, got {type(obj).__name__}")
+    if key not in obj:
+        if default is not _MISSING:
+            return default
+        raise FormatError(f"{source}: missing key {key!r}")
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        names = " or ".join(k.__name__ for k in kinds)
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise FormatError(f"{source}: {key!r} must be {names}, got {type(value).__name__} {shown}")
+    if isinstance(value, int) and not isinstance(value, bool):
+        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise FormatError(f"{source}: {key!r} must be an int in [{minimum}, {maximum}], got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ directories
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with Linux's ``renameat2(RENAME_EXCHANGE)``; False where unavailable."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0
+
+
+def replace_directory(staged: PathLike, target: PathLike) -> None:
+    """Move the complete directory ``staged`` to ``target``, replacing an existing ``target`` as one step.
+
+    Where the platform can exchange two directories atomically (Linux), ``target`` is never missing: a reader sees
+    the old state or the new one. Elsewhere the old directory is first renamed to ``.<name>.old``, and
+    :func:`resolve_directory` (used by every pbeh directory reader) falls back to it for the instant ``target`` is
+    missing, or after a crash in that instant. ``staged`` must be on the same file system (a sibling).
+    """
+    staged, target = Path(staged), Path(target)
+    old = sibling_path(target, "old")
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"directory: expected a directory path, got the existing file {str(target)!r}")
+    if target.is_dir() and _exchange(staged, target):
+        _fsync_directory(target.parent)
+        shutil.rmtree(staged, ignore_errors=True)  # it now holds the previous state
+    else:
+        if target.is_dir():
+            if old.exists():
+                shutil.rmtree(old)
+            os.rename(target, old)
+        os.rename(staged, target)
+        _fsync_directory(target.parent)
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_directory(target: PathLike) -> Path:
+    """``target``, or its ``.<name>.old`` sibling while a :func:`replace_directory` swap has ``target`` missing."""
+    target = Path(target)
+    if target.is_dir():
+        return target
+    old = sibling_path(target, "old")
+    if old.is_dir() and not target.exists():
+        return old
+    return target
+
+
+def staging_directory(target: PathLike) -> Path:
+    """A fresh, empty staging directory ``.<name>.partial`` beside ``target`` (a leftover one is removed)."""
+    staged = sibling_path(target, "partial")
+    if staged.exists():
+        shutil.rmtree(staged)
+    staged.mkdir(parents=True)
+    return staged
+
+
+# ------------------------------------------------------------------------------------------------ safetensors
 def _header_metadata(kind: str, format_version: int, metadata: Mapping[str, Any] | None) -> dict[str, str]:
     out: dict[str, str] = {
         "pbeh_kind": kind,
@@ -113,7 +311,7 @@ def _header_metadata(kind: str, format_version: int, metadata: Mapping[str, Any]
         "pbeh_version": __version__,
     }
     for key, value in (metadata or {}).items():
-        if key in out:
+        if key in out or key in _RESERVED_KEYS:
             raise ValueError(f"metadata: key {key!r} is reserved by pbeh")
         out[str(key)] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return out
@@ -133,15 +331,30 @@ _DTYPE_CODES: dict[np.dtype[Any], str] = {
     np.dtype(np.float32): "F32",
     np.dtype(np.float64): "F64",
 }
+_CODE_DTYPES = {code: dtype.newbyteorder("<") for dtype, code in _DTYPE_CODES.items()}
+
+
+def _canonical_header(header: Mapping[str, Any]) -> bytes:
+    """The header as compact, key-sorted JSON without the checksum: what the checksum covers besides the data."""
+    meta = {k: v for k, v in header.get("__metadata__", {}).items() if k != CHECKSUM_KEY}
+    body = {**{k: v for k, v in header.items() if k != "__metadata__"}, "__metadata__": meta}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _checksum(header: Mapping[str, Any], data: bytes | memoryview) -> str:
+    digest = hashlib.sha256(_canonical_header(header))
+    digest.update(data)
+    return f"sha256:{digest.hexdigest()}"
 
 
 def serialize_safetensors(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
-    """Encode arrays and string metadata in the safetensors format, deterministically.
+    """Encode arrays and string metadata in the safetensors format, deterministically, with a checksum.
 
     The safetensors library writes its header from a hash map, so the same state can give different bytes from one
     save to the next. pbeh writes the (simple, documented) format itself with sorted keys, so saving the same state
-    twice gives identical files; reading uses the safetensors library. Layout: 8-byte little-endian header length, a
-    JSON header padded with spaces to a multiple of 8 bytes, then the little-endian data of each tensor in key order.
+    twice gives identical files. Layout: 8-byte little-endian header length, a JSON header padded with spaces to a
+    multiple of 8 bytes, then the little-endian data of each tensor in key order. The metadata gains
+    ``pbeh_checksum``, the SHA-256 of the canonical header and the data.
     """
     header: dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in sorted(metadata.items())}}
     chunks: list[bytes] = []
@@ -156,9 +369,13 @@ def serialize_safetensors(tensors: Mapping[str, np.ndarray], metadata: Mapping[s
         header[str(name)] = {"dtype": code, "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
         chunks.append(data)
         offset += len(data)
+    payload = b"".join(chunks)
+    meta = dict(header["__metadata__"])
+    meta[CHECKSUM_KEY] = _checksum(header, payload)
+    header["__metadata__"] = dict(sorted(meta.items()))
     raw = json.dumps(header, separators=(",", ":"), sort_keys=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw + b"".join(chunks)
+    return struct.pack("<Q", len(raw)) + raw + payload
 
 
 def save_safetensors(
@@ -179,11 +396,44 @@ def save_safetensors(
     atomic_write_bytes(path, data)
 
 
-def read_safetensors_metadata(path: PathLike, *, kind: str | None = None) -> dict[str, str]:
-    """Read only the metadata of a safetensors file written by pbeh (no tensor data is read).
+class SafetensorsHeader:
+    """The checked header of a safetensors file: its metadata and, per tensor, dtype, shape and byte range.
+
+    Attributes:
+        path: the file.
+        header_length: bytes of the JSON header (the data section starts at ``8 + header_length``).
+        metadata: the ``__metadata__`` strings.
+        tensors: name -> (numpy dtype, shape, begin, end) with byte offsets into the data section.
+        raw: the parsed header (for the checksum).
+    """
+
+    __slots__ = ("header_length", "metadata", "path", "raw", "tensors")
+
+    def __init__(
+        self,
+        path: Path,
+        header_length: int,
+        metadata: dict[str, str],
+        tensors: dict[str, tuple[np.dtype[Any], tuple[int, ...], int, int]],
+        raw: dict[str, Any],
+    ) -> None:
+        self.path = path
+        self.header_length = header_length
+        self.metadata = metadata
+        self.tensors = tensors
+        self.raw = raw
+
+
+def read_safetensors_header(path: PathLike, *, kind: str | None = None) -> SafetensorsHeader:
+    """Read and check a safetensors header without reading tensor data.
+
+    Checks, before anything is allocated: the header length against the file size, the header is a JSON object,
+    ``__metadata__`` maps strings to strings and names a pbeh kind (``kind`` when given), every tensor has a known
+    dtype, a shape of at most 8 non-negative ints, and byte offsets that match its shape and dtype, tile the data
+    section in order without gaps or overlaps, and end exactly at the end of the file.
 
     Raises:
-        FormatError: the file is missing, truncated, not safetensors, not written by pbeh, or of another kind.
+        FormatError: any of the above fails (the message names the file and what is wrong).
     """
     p = Path(path)
     if not p.is_file():
@@ -194,29 +444,82 @@ def read_safetensors_metadata(path: PathLike, *, kind: str | None = None) -> dic
         if len(head) < 8:
             raise FormatError(f"{str(p)!r} is not a safetensors file (only {size} bytes)")
         (n_header,) = struct.unpack("<Q", head)
-        if n_header <= 0 or n_header > _MAX_HEADER_BYTES or 8 + n_header > size:
+        if n_header <= 1 or n_header > _MAX_HEADER_BYTES or 8 + n_header > size:
             raise FormatError(
                 f"{str(p)!r} is not a valid safetensors file (header length {n_header}, file size {size}): "
                 "truncated or of another format"
             )
-        raw = fh.read(n_header)
+        raw_bytes = fh.read(n_header)
+    if len(raw_bytes) != n_header:
+        raise FormatError(f"{str(p)!r} is truncated: the header needs {n_header} bytes")
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        header = json.loads(raw_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FormatError(f"{str(p)!r} has a corrupt safetensors header: {exc}") from exc
     if not isinstance(header, dict):
-        raise FormatError(f"{str(p)!r} has a corrupt safetensors header")
-    meta = header.get("__metadata__") or {}
+        raise FormatError(f"{str(p)!r} has a corrupt safetensors header (not a JSON object)")
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise FormatError(f"{str(p)!r} has a corrupt safetensors header ('__metadata__' must map strings to strings)")
     if "pbeh_kind" not in meta:
         raise FormatError(f"{str(p)!r} is a safetensors file but was not written by pbeh (no 'pbeh_kind' metadata)")
     if kind is not None and meta["pbeh_kind"] != kind:
         raise FormatError(f"{str(p)!r} holds a pbeh {meta['pbeh_kind']!r}, expected a pbeh {kind!r}")
-    # The data section must be exactly as long as the offsets say; anything shorter is a truncated file.
-    ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
-    expected = 8 + n_header + (max(ends) if ends else 0)
-    if size < expected:
-        raise FormatError(f"{str(p)!r} is truncated: {size} bytes, the header describes {expected}")
-    return {str(k): str(v) for k, v in meta.items()}
+    data_size = size - 8 - n_header
+    tensors: dict[str, tuple[np.dtype[Any], tuple[int, ...], int, int]] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"{str(p)!r}: tensor {name[:60]!r}"
+        if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
+            raise FormatError(f"{where}: expected keys dtype, shape, data_offsets")
+        dtype = _CODE_DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
+        if dtype is None:
+            raise FormatError(f"{where}: dtype {str(entry['dtype'])[:20]!r} is not one pbeh reads "
+                              f"({', '.join(_CODE_DTYPES)})")
+        shape, offsets = entry["shape"], entry["data_offsets"]
+        if (
+            not isinstance(shape, list)
+            or len(shape) > _MAX_NDIM
+            or not all(type(d) is int and 0 <= d <= data_size for d in shape)
+        ):
+            raise FormatError(f"{where}: shape must be at most {_MAX_NDIM} non-negative ints, got {str(shape)[:60]}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise FormatError(f"{where}: data_offsets must be two ints, got {str(offsets)[:60]}")
+        begin, end = offsets
+        n_bytes = math.prod(shape) * dtype.itemsize
+        if 0 <= begin <= end and end - begin == n_bytes and end > data_size:
+            raise FormatError(
+                f"{str(p)!r} is truncated: {size} bytes, tensor {name[:60]!r} needs "
+                f"{8 + n_header + end}"
+            )
+        if not 0 <= begin <= end <= data_size or end - begin != n_bytes:
+            raise FormatError(
+                f"{where}: data_offsets {offsets} do not hold a {entry['dtype']} array of shape {shape} "
+                f"({n_bytes} bytes) inside the {data_size}-byte data section (truncated or damaged file)"
+            )
+        tensors[name] = (dtype, tuple(shape), begin, end)
+    position = 0
+    for name, (_, _, begin, end) in sorted(tensors.items(), key=lambda item: (item[1][2], item[1][3])):
+        if begin != position:
+            raise FormatError(f"{str(p)!r}: tensor {name[:60]!r} starts at byte {begin}, expected {position} "
+                              "(tensors must tile the data section)")
+        position = end
+    if position != data_size:
+        raise FormatError(
+            f"{str(p)!r} is truncated or has trailing bytes: {size} bytes, the header describes "
+            f"{8 + n_header + position}"
+        )
+    return SafetensorsHeader(p, n_header, dict(meta), tensors, header)
+
+
+def read_safetensors_metadata(path: PathLike, *, kind: str | None = None) -> dict[str, str]:
+    """Read only the metadata of a safetensors file written by pbeh (no tensor data is read).
+
+    Raises:
+        FormatError: the file is missing, truncated, not safetensors, not written by pbeh, or of another kind.
+    """
+    return {k: v for k, v in read_safetensors_header(path, kind=kind).metadata.items() if k != CHECKSUM_KEY}
 
 
 def check_format_version(path: PathLike, meta: Mapping[str, str], supported: int) -> None:
@@ -230,14 +533,179 @@ def check_format_version(path: PathLike, meta: Mapping[str, str], supported: int
 
 
 def load_safetensors(path: PathLike, *, kind: str, format_version: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Load a pbeh safetensors file: its arrays and its metadata, after checking kind and format version."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    """Load a pbeh safetensors file: its arrays and its metadata, after checking header, kind, version and checksum.
 
-    meta = read_safetensors_metadata(path, kind=kind)
-    check_format_version(path, meta, format_version)
+    The arrays are native-endian, writable and own their memory. The checksum is verified when the file has one.
+
+    Raises:
+        FormatError: see :func:`read_safetensors_header`; also a checksum that does not match the content.
+    """
+    header = read_safetensors_header(path, kind=kind)
+    check_format_version(path, header.metadata, format_version)
     try:
-        arrays = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise FormatError(f"{str(path)!r} could not be read as safetensors: {exc}") from exc
+        with open(header.path, "rb") as fh:
+            fh.seek(8 + header.header_length)
+            data = fh.read()
+    except OSError as exc:
+        raise FormatError(f"{str(path)!r} could not be read: {exc}") from exc
+    expected_size = max((end for *_, end in header.tensors.values()), default=0)
+    if len(data) != expected_size:
+        raise FormatError(f"{str(path)!r} changed while it was read ({len(data)} data bytes, expected {expected_size})")
+    stored = header.metadata.get(CHECKSUM_KEY)
+    if stored is not None:
+        actual = _checksum(header.raw, data)
+        if stored != actual:
+            raise FormatError(
+                f"{str(path)!r} is damaged: its content does not match its checksum (stored {stored[:23]}..., "
+                f"computed {actual[:23]}...)"
+            )
+    arrays: dict[str, np.ndarray] = {}
+    for name, (dtype, shape, begin, end) in header.tensors.items():
+        if end == begin:
+            arrays[name] = np.zeros(shape, dtype=dtype.newbyteorder("="))
+            continue
+        arr = np.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin).reshape(shape)
+        arrays[name] = arr != 0 if dtype == np.bool_ else arr.astype(dtype.newbyteorder("="), copy=True)
+    meta = {k: v for k, v in header.metadata.items() if k != CHECKSUM_KEY}
     return arrays, meta
+
+
+# ------------------------------------------------------------------------------------------------ streamed safetensors
+#: A tensor to stream: its dtype, its shape and a function returning its data as consecutive row blocks.
+TensorStream = tuple[Any, tuple[int, ...], Callable[[], Iterable[np.ndarray]]]
+
+
+def save_safetensors_streaming(
+    path: PathLike,
+    tensors: Mapping[str, TensorStream],
+    *,
+    kind: str,
+    format_version: int,
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Write the same bytes as :func:`save_safetensors`, atomically, without holding the file in memory.
+
+    Each tensor is given as ``(dtype, shape, blocks)``: ``blocks()`` yields its data as consecutive blocks of rows
+    (any number of rows each, the other dimensions as in ``shape``). The header is written with a placeholder
+    checksum of the same length, the data is hashed as it is written, and the real checksum replaces the placeholder
+    at the end, so memory stays at one block whatever the file size.
+
+    Raises:
+        ValueError: a tensor's blocks do not add up to its shape.
+        TypeError: a dtype pbeh does not store.
+    """
+    meta = _header_metadata(kind, format_version, metadata)
+    header: dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in sorted(meta.items())}}
+    offset = 0
+    layout: list[tuple[str, np.dtype[Any], tuple[int, ...], int]] = []
+    for name in sorted(tensors):
+        dtype_like, shape, _ = tensors[name]
+        native = np.dtype(dtype_like).newbyteorder("=")
+        code = _DTYPE_CODES.get(native)
+        if code is None:
+            raise TypeError(f"tensors[{name!r}]: dtype {native} cannot be stored in safetensors by pbeh")
+        shape = tuple(int(d) for d in shape)
+        n_bytes = math.prod(shape) * native.itemsize
+        header[str(name)] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + n_bytes]}
+        layout.append((name, native.newbyteorder("<"), shape, n_bytes))
+        offset += n_bytes
+    digest = hashlib.sha256(_canonical_header(header))
+
+    def encode(checksum: str) -> bytes:
+        body = dict(header)
+        body["__metadata__"] = dict(sorted({**header["__metadata__"], CHECKSUM_KEY: checksum}.items()))
+        raw = json.dumps(body, separators=(",", ":"), sort_keys=False).encode("utf-8")
+        return raw + b" " * (-len(raw) % 8)
+
+    placeholder = encode("sha256:" + "0" * 64)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(struct.pack("<Q", len(placeholder)) + placeholder)
+        for name, little, shape, n_bytes in layout:
+            written = 0
+            for block in tensors[name][2]():
+                arr = np.ascontiguousarray(block, dtype=little)
+                if arr.shape[1:] != shape[1:]:
+                    raise ValueError(f"tensors[{name!r}]: a block of shape {arr.shape} does not fit shape {shape}")
+                view = memoryview(arr).cast("B")
+                digest.update(view)
+                fh.write(view)
+                written += arr.nbytes
+            if written != n_bytes:
+                raise ValueError(f"tensors[{name!r}]: the blocks hold {written} bytes, shape {shape} needs {n_bytes}")
+        final = encode(f"sha256:{digest.hexdigest()}")
+        if len(final) != len(placeholder):  # pragma: no cover - the checksum has a fixed length
+            raise RuntimeError("the header changed length when its checksum was filled in")
+        fh.seek(8)
+        fh.write(final)
+
+
+class SafetensorsBlockReader:
+    """Read a pbeh safetensors file block by block, in file order, verifying its checksum at the end.
+
+    Memory stays at one block. Use as a context manager; call :meth:`read_rows` for consecutive blocks of each
+    tensor in the order of :attr:`order` (data offsets), then :meth:`finish`, which checks that every byte was read
+    and that the checksum matches (files without one are accepted).
+
+    Raises:
+        FormatError: from the checked header (:func:`read_safetensors_header`), the format version, a read error,
+            or a checksum mismatch.
+    """
+
+    def __init__(self, path: PathLike, *, kind: str, format_version: int) -> None:
+        self.header = read_safetensors_header(path, kind=kind)
+        check_format_version(path, self.header.metadata, format_version)
+        self.order = [name for name, _ in sorted(self.header.tensors.items(), key=lambda item: item[1][2])]
+        self._stored = self.header.metadata.get(CHECKSUM_KEY)
+        self._digest = hashlib.sha256(_canonical_header(self.header.raw)) if self._stored is not None else None
+        self._position = 0
+        try:
+            self._fh = open(self.header.path, "rb")  # noqa: SIM115 - closed by close() / __exit__
+        except OSError as exc:
+            raise FormatError(f"{str(path)!r} could not be read: {exc}") from exc
+        self._fh.seek(8 + self.header.header_length)
+
+    def __enter__(self) -> SafetensorsBlockReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def read_rows(self, name: str, out: np.ndarray) -> np.ndarray:
+        """Fill ``out`` (native dtype of the tensor, C-contiguous, rows x the tensor's row shape) with the next rows.
+
+        Rows of a tensor must be read consecutively, tensors in :attr:`order`.
+        """
+        dtype, shape, begin, end = self.header.tensors[name]
+        if out.dtype != dtype.newbyteorder("=") or out.shape[1:] != shape[1:] or not out.flags.c_contiguous:
+            raise ValueError(f"out: expected a C-contiguous {dtype} block of rows {shape[1:]}, got {out.dtype} {out.shape}")
+        if not begin <= self._position <= end or self._position + out.nbytes > end:
+            raise ValueError(f"tensors[{name!r}]: blocks must be read consecutively, in file order")
+        view = memoryview(out).cast("B")
+        try:
+            got = self._fh.readinto(view)
+        except OSError as exc:
+            raise FormatError(f"{str(self.header.path)!r} could not be read: {exc}") from exc
+        if got != out.nbytes:
+            raise FormatError(f"{str(self.header.path)!r} changed while it was read (short read in {name!r})")
+        if self._digest is not None:
+            self._digest.update(view)
+        self._position += out.nbytes
+        if not np.little_endian and out.dtype.itemsize > 1:  # pragma: no cover - the file is little-endian
+            out.byteswap(inplace=True)
+        return out
+
+    def finish(self) -> None:
+        """Check that the whole data section was read and that it matches the stored checksum."""
+        data_size = max((end for *_, end in self.header.tensors.values()), default=0)
+        if self._position != data_size:
+            raise ValueError(f"{self._position} of {data_size} data bytes were read; read every tensor first")
+        if self._digest is not None:
+            actual = f"sha256:{self._digest.hexdigest()}"
+            if actual != self._stored:
+                raise FormatError(
+                    f"{str(self.header.path)!r} is damaged: its content does not match its checksum (stored "
+                    f"{str(self._stored)[:23]}..., computed {actual[:23]}...)"
+                )
