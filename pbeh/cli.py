@@ -1,21 +1,30 @@
-"""Command line: ``pbeh train | evaluate | search | describe`` (also ``python -m pbeh``).
+"""Command line: ``pbeh train | evaluate | describe | search | plot`` (also ``python -m pbeh``).
 
 Examples::
 
     pbeh train --protocol synthetic --out runs/synthetic            # no download needed
     pbeh train --protocol wikipedia5 --data-dir ../shared/data --bits 32 --out runs/wiki
+    pbeh describe runs/wiki                                         # config, bits per task, sizes, scores
     pbeh evaluate runs/wiki
     pbeh search runs/wiki --modality text --features queries.npy --k 5
+    pbeh plot runs/wiki                                             # needs: pip install "pbeh[plot]"
+
+Tasks are numbered 1..T in everything the command line prints. Errors end in one line (``--debug`` shows the
+traceback); an interrupted or failed ``pbeh train`` resumes from its last completed task when rerun unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,66 +34,206 @@ __all__ = ["main"]
 
 _logger = logging.getLogger("pbeh")
 
+_FILE_PROTOCOLS = ("npz", "all-mat", "train-test-mat")
+_METHODS = ("pbeh", "pbeh-no-stored", "pbeh-reference", "fixed-length", "finetune", "joint")
+_RESUME_HINT = "rerun the same command to resume from the last completed task"
 
-def _set_threads(n: int) -> None:
-    """torch's intra-op threads; faiss threads are set per search by each index (1 by default)."""
-    import torch
+_THREADS_HELP = (
+    "CPU threads for torch and faiss (default: 1). Both bring their own OpenMP thread pool; on shared or busy "
+    "cores two pools compete, and 2 threads measured 7-10x slower than 1 on a shared 2-core machine. Raise it "
+    "only on cores you have to yourself."
+)
 
-    torch.set_num_threads(n)
+
+class _UserError(Exception):
+    """A problem with what the user asked for: printed as one line, never with a resume hint."""
 
 
+# ------------------------------------------------------------------------------------------------------ defaults
+def _config_default(name: str) -> Any:
+    """The default of a :class:`~pbeh.trainer.TrainerConfig` field (the CLI never repeats the numbers)."""
+    from .trainer import TrainerConfig
+
+    for f in dataclasses.fields(TrainerConfig):
+        if f.name == name:
+            return f.default
+    raise KeyError(name)  # pragma: no cover - a renamed field shows up in the tests
+
+
+def _for_stream_default(name: str) -> Any:
+    from .trainer import ContinualTrainer
+
+    return inspect.signature(ContinualTrainer.for_stream).parameters[name].default
+
+
+def _build_trainer_default(name: str) -> Any:
+    from .baselines import build_trainer
+
+    return inspect.signature(build_trainer).parameters[name].default
+
+
+# ------------------------------------------------------------------------------------------------------ parser
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pbeh", description="Continual cross-modal hashing (PBEH).")
+    parser = argparse.ArgumentParser(
+        prog="pbeh",
+        description="Continual cross-modal hashing (PBEH): train on a stream of tasks, inspect, search, plot.",
+        epilog="Tasks are numbered 1..T. Run 'pbeh COMMAND --help' for each command's options.",
+    )
     parser.add_argument("--version", action="version", version=f"pbeh {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    debug_parent = argparse.ArgumentParser(add_help=False)
+    debug_parent.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="on an error, show the full traceback"
+    )
+    parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="train a continual run on a task stream and print its matrices")
+    train = sub.add_parser(
+        "train",
+        parents=[debug_parent],
+        help="train a continual run on a task stream and print its results",
+        description="Train a continual run task after task, with a checkpoint after each task; rerunning the same "
+        "command resumes. Defaults are TrainerConfig's and ContinualTrainer.for_stream's.",
+    )
     _add_stream_args(train)
-    train.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, state, results)")
+    train.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, run.json, matrices)")
     train.add_argument(
         "--method",
         default="pbeh",
-        choices=("pbeh", "pbeh-no-stored", "pbeh-reference", "fixed-length", "finetune", "joint"),
-        help="pbeh's defaults, the reference recipe, or a baseline (default: pbeh)",
+        choices=_METHODS,
+        help="pbeh's defaults, the reference recipe, or a baseline (see pbeh.baselines; default: pbeh)",
     )
-    train.add_argument("--bits", type=int, default=32, help="initial code length (default: 32)")
-    train.add_argument("--epochs", type=int, default=None, help="epochs per task (default: 100; synthetic: 20)")
-    train.add_argument("--batch-size", type=int, default=512)
-    train.add_argument("--lr", type=float, default=1e-4)
     train.add_argument(
-        "--hidden", type=int, nargs="+", default=None, help="hidden widths of the heads (default: 4096 4096)"
+        "--bits", type=int, default=_for_stream_default("n_bits"), help="initial code length (default: %(default)s)"
     )
-    train.add_argument("--rho", type=float, default=0.1, help="mode-centre extension threshold (default: 0.1)")
-    train.add_argument("--delta", type=int, default=1, help="bits added per extension (default: 1)")
-    train.add_argument("--select-on", choices=("validation", "test", "last"), default=None)
-    train.add_argument("--eval-k", type=int, default=1000, help="k of mAP@k; 0 for mAP@all (default: 1000)")
-    train.add_argument("--seed", type=int, default=2025)
-    train.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    train.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
-    train.add_argument("--quiet", action="store_true", help="no progress bars or per-task logs")
+    train.add_argument(
+        "--epochs", type=int, default=_config_default("epochs"), help="epochs per task (default: %(default)s)"
+    )
+    train.add_argument(
+        "--batch-size", type=int, default=_config_default("batch_size"), help="minibatch size (default: %(default)s)"
+    )
+    train.add_argument(
+        "--lr", type=float, default=_config_default("lr"), help="AdamW learning rate (default: %(default)s)"
+    )
+    train.add_argument(
+        "--hidden",
+        type=int,
+        nargs="+",
+        default=list(_for_stream_default("hidden_dims")),
+        metavar="WIDTH",
+        help="hidden widths of each hashing head (default: %(default)s)",
+    )
+    train.add_argument(
+        "--rho",
+        type=float,
+        default=_build_trainer_default("rho"),
+        help="mode-centre extension threshold: extend when more than this share of codes is far from its mode "
+        "centre (default: %(default)s)",
+    )
+    train.add_argument(
+        "--delta",
+        type=int,
+        default=_build_trainer_default("delta"),
+        help="bits added per extension (default: %(default)s)",
+    )
+    train.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=_config_default("samples_per_prompt"),
+        help="training items per prompt of the adaptive pool size ceil(n_train / this) (default: %(default)s)",
+    )
+    train.add_argument(
+        "--prompts-per-task",
+        type=int,
+        default=_config_default("prompts_per_task"),
+        help="a fixed prompt pool size instead of the adaptive one (default: adaptive)",
+    )
+    train.add_argument(
+        "--select-on",
+        choices=("validation", "test", "last"),
+        default=_config_default("select_on"),
+        help="pick each task's best epoch on a validation split of the training items, on the task's test queries "
+        "(the reference protocol, optimistic), or keep the last epoch (default: %(default)s)",
+    )
+    train.add_argument(
+        "--eval-every",
+        type=int,
+        default=_config_default("eval_every"),
+        help="evaluate the epoch-selection score every this many epochs (default: %(default)s)",
+    )
+    eval_k = _config_default("eval_k")
+    train.add_argument(
+        "--eval-k",
+        type=int,
+        default=0 if eval_k is None else eval_k,
+        help="k of mAP@k for selection and evaluation; 0 for mAP@all (default: %(default)s)",
+    )
+    train.add_argument(
+        "--seed",
+        type=int,
+        default=_config_default("seed"),
+        help="seeds the model, the minibatch order and the validation split (default: %(default)s)",
+    )
+    train.add_argument("--threads", type=int, default=1, help=_THREADS_HELP)
+    train.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no per-task lines (warnings still show)")
+    train.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
 
-    evaluate = sub.add_parser("evaluate", help="print the matrices and summary of a saved run")
-    evaluate.add_argument("run", type=Path)
-    evaluate.add_argument("--csv", type=Path, default=None, help="also write the matrices as CSV")
+    evaluate = sub.add_parser("evaluate", parents=[debug_parent], help="print the matrices and summary of a saved run")
+    evaluate.add_argument("run", type=Path, help="run directory written by 'pbeh train' (or one task's checkpoint)")
+    evaluate.add_argument("--csv", type=Path, default=None, help="also write the matrices as CSV to this file")
+    evaluate.add_argument("--json", action="store_true", help="print the summary as JSON instead of tables")
 
-    search = sub.add_parser("search", help="search a saved run's index with feature vectors")
-    search.add_argument("run", type=Path)
-    search.add_argument("--modality", choices=("image", "text"), required=True, help="modality of the queries")
-    search.add_argument("--features", type=Path, required=True, help=".npy (n, d) float features of the queries")
-    search.add_argument("--k", type=int, default=10)
-
-    describe = sub.add_parser("describe", help="print a task stream's tasks and sizes")
+    describe = sub.add_parser(
+        "describe",
+        parents=[debug_parent],
+        help="show a saved run (config, bits per task, sizes, scores), or a task stream's tasks and sizes",
+        description="With RUN: the run's configuration, bits per task, sizes and scores. Without RUN: the tasks of "
+        "--protocol (and --data-dir) with their classes and sizes.",
+    )
+    describe.add_argument("run", type=Path, nargs="?", default=None, help="run directory written by 'pbeh train'")
     _add_stream_args(describe)
+    describe.add_argument("--json", action="store_true", help="print as JSON")
+
+    search = sub.add_parser(
+        "search",
+        parents=[debug_parent],
+        help="search a saved run's index with feature vectors",
+        description="Encode query features with the run's model and search the other modality's index "
+        "(image queries find texts, text queries find images). Prints id, score, task and label names.",
+    )
+    search.add_argument("run", type=Path, help="run directory written by 'pbeh train'")
+    search.add_argument("--modality", choices=("image", "text"), required=True, help="modality of the queries")
+    search.add_argument("--features", type=Path, required=True, help=".npy file of (n, d) or (d,) query features")
+    search.add_argument("--k", type=int, default=10, help="results per query (default: %(default)s)")
+    search.add_argument("--json", action="store_true", help="print the results as JSON")
+    search.add_argument("--threads", type=int, default=1, help=_THREADS_HELP)
+
+    plot = sub.add_parser(
+        "plot",
+        parents=[debug_parent],
+        help='draw a run\'s figures as PNG files (needs: pip install "pbeh[plot]")',
+        description="Heatmaps of R[t, i], per-task P@10 in the unified index, bits per task, and PR curves.",
+    )
+    plot.add_argument("run", type=Path, help="run directory written by 'pbeh train'")
+    plot.add_argument("--out", type=Path, default=None, help="folder for the PNG files (default: RUN/plots)")
     return parser
 
 
 def _add_stream_args(parser: argparse.ArgumentParser) -> None:
+    from .data import PROTOCOLS
+
     parser.add_argument(
         "--protocol",
         default="synthetic",
-        help="synthetic (default, no download), wikipedia5, mirflickr730-4, or a file protocol of pbeh.data",
+        help=f"one of {', '.join(PROTOCOLS)} (default: synthetic, seeded random data, no download)",
     )
-    parser.add_argument("--data-dir", type=Path, default=None, help="where the protocol's files are")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the protocol's data: a directory, or for npz/all-mat/train-test-mat the file itself (a directory "
+        "holding one .npz works too)",
+    )
     parser.add_argument(
         "--n-tasks",
         type=int,
@@ -95,112 +244,424 @@ def _add_stream_args(parser: argparse.ArgumentParser) -> None:
         "--order",
         choices=("given", "frequency"),
         default="given",
-        help="for the file protocols: class order of the split (default: given)",
+        help="for the file protocols: class order of the split (default: %(default)s)",
     )
+    parser.add_argument("--label-key", default=None, help="for npz (and multi-view .mat): the array holding the labels")
 
 
-_FILE_PROTOCOLS = ("npz", "all-mat", "train-test-mat")
+# ------------------------------------------------------------------------------------------------------ helpers
+def _set_threads(n: int) -> None:
+    if n < 1:
+        raise _UserError(f"--threads: expected a positive number of threads, got {n}")
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+    except (ImportError, AttributeError):  # pragma: no cover - faiss is a dependency
+        pass
+
+
+def _configure_logging(quiet: bool) -> None:
+    """Only the 'pbeh' logger, only warnings: per-task results are printed by the command itself, once."""
+    logger = logging.getLogger("pbeh")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_pbeh_cli", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("pbeh: %(levelname)s: %(message)s"))
+    handler.setLevel(logging.ERROR if quiet else logging.WARNING)
+    handler._pbeh_cli = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
+def _protocol(args: argparse.Namespace) -> str:
+    from .data import PROTOCOLS
+
+    protocol = args.protocol.replace("_", "-").lower()
+    if protocol not in PROTOCOLS:
+        raise _UserError(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {args.protocol!r}")
+    return protocol
 
 
 def _load_stream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from .data import load_protocol
 
-    protocol = args.protocol.replace("_", "-").lower()
+    protocol = _protocol(args)
+    kwargs: dict[str, Any] = {}
+    if args.label_key is not None:
+        if protocol not in ("npz", "all-mat"):
+            raise _UserError(f"--label-key: only for --protocol npz or all-mat, got --protocol {protocol}")
+        kwargs["label_key"] = args.label_key
     if protocol in _FILE_PROTOCOLS:
         if args.n_tasks is None:
-            raise SystemExit(f"pbeh: --protocol {protocol} needs --n-tasks (how many tasks to split the classes into)")
-        return load_protocol(protocol, args.data_dir, n_tasks=args.n_tasks, order=args.order)
-    return load_protocol(protocol, args.data_dir)
+            raise _UserError(f"--protocol {protocol} needs --n-tasks (how many tasks to split the classes into)")
+        if args.data_dir is None:
+            raise _UserError(f"--protocol {protocol} needs --data-dir (the data file)")
+        return load_protocol(protocol, args.data_dir, n_tasks=args.n_tasks, order=args.order, **kwargs)
+    if args.n_tasks is not None and protocol != "synthetic":
+        raise _UserError(f"--n-tasks: {protocol} has a fixed task split; --n-tasks is for the file protocols")
+    if protocol == "synthetic" and args.n_tasks is not None:
+        kwargs["n_tasks"] = args.n_tasks
+    return load_protocol(protocol, args.data_dir, **kwargs)
 
 
-def _state_dir(run: Path) -> Path:
-    """A run directory holds checkpoints; the newest is named by latest.json. A saved state directory works too."""
-    if (run / "trainer.json").is_file():
-        return run
-    latest = run / "latest.json"
-    if latest.is_file():
-        return run / json.loads(latest.read_text())["directory"]
-    raise SystemExit(f"pbeh: {str(run)!r} holds no pbeh run (no trainer.json or latest.json)")
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
 
 
-def _train(args: argparse.Namespace) -> int:
+def _table(rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    right = right or [c > 0 for c in range(len(widths))]
+    out = []
+    for r in rows:
+        cells = [
+            cell.rjust(w) if right[c] else cell.ljust(w) for c, (cell, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def _decision_text(extension: dict[str, Any]) -> str:
+    """The first clause of an extension decision ("extend 32 -> 33 bits: image above threshold")."""
+    reason = str(extension.get("reason", ""))
+    return reason.split("; ", 1)[0]
+
+
+def _matrix_tables(matrix: Any, names: Sequence[str]) -> str:
+    """R[t, i] per direction with tasks numbered 1..T and named."""
+    blocks = []
+    arrows = {"i2t": "image → text", "t2i": "text → image"}
+    for direction in matrix.directions:
+        values = matrix.matrix(direction)
+        means = matrix.row_means(direction)
+        n = matrix.n_tasks
+        labels = [names[i] if i < len(names) else f"task {i + 1}" for i in range(n)]
+        rows = [["after task"] + [f"{i + 1} {labels[i]}" for i in range(n)] + ["mean"]]
+        for t in range(n):
+            rows.append([f"{t + 1} {labels[t]}"] + [_fmt(float(v)) for v in values[t]] + [_fmt(float(means[t]))])
+        title = f"mAP {direction} ({arrows.get(direction, direction)}): row = after training task t, column = task i"
+        blocks.append(title + "\n" + _table(rows))
+    return "\n\n".join(blocks)
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    def pair(key: str) -> list[str]:
+        return [_fmt(summary.get(f"{key}_i2t")), _fmt(summary.get(f"{key}_t2i"))]
+
+    rows = [["", "image → text", "text → image"]]
+    rows.append(["mean mAP over tasks (final)", *pair("mean")])
+    rows.append(["backward transfer (BWT)", *pair("bwt")])
+    rows.append(["forgetting", *pair("forgetting")])
+    rows.append(["unified mAP (one index)", *pair("unified")])
+    if "unified_i2t_p10" in summary:
+        rows.append(["unified P@10", _fmt(summary.get("unified_i2t_p10")), _fmt(summary.get("unified_t2i_p10"))])
+    lines = [f"summary after {summary.get('tasks', '?')} task(s)", _table(rows)]
+    extra = [
+        ["chance level of the unified mAP", _fmt(summary.get("unified_chance"))],
+        ["prefix drift (stored bits now flipped)", _fmt(summary.get("prefix_drift"))],
+        [
+            "code length: final, per task",
+            f"{summary.get('final_bits', '-')} bits; " + ", ".join(str(b) for b in summary.get("bits_per_task", [])),
+        ],
+    ]
+    if summary.get("bytes_per_item") is not None:
+        extra.append(["bytes per stored item and modality", _fmt(summary["bytes_per_item"], 2)])
+    if summary.get("seconds") is not None:
+        extra.append(["seconds", _fmt(summary["seconds"], 1)])
+    lines.append(_table(extra, right=[False, False]))
+    return "\n".join(lines)
+
+
+def _report_line(report: Any, n_tasks: int | None = None) -> str:
+    """One line per finished task, numbered 1..T."""
+    of = f"/{n_tasks}" if n_tasks else ""
+    drift = "" if report.prefix_drift is None else f", prefix drift {report.prefix_drift:.3f}"
+    return (
+        f"task {report.task + 1}{of} {report.name}: {report.n_bits} bits, {report.n_prompts} prompts, best epoch "
+        f"{report.best_epoch}/{report.epochs}; mAP image→text {report.map_i2t[-1]:.4f}, text→image "
+        f"{report.map_t2i[-1]:.4f}; unified {_fmt(report.unified_i2t)}/{_fmt(report.unified_t2i)} "
+        f"(chance {_fmt(report.unified_chance)}){drift}; {report.seconds:.1f} s\n"
+        f"  extension after task {report.task + 1}: {_decision_text(report.extension)}"
+    )
+
+
+def _summary_from_state(trainer: dict[str, Any]) -> dict[str, Any]:
+    """The summary of a saved run, from its trainer.json (the same keys as ContinualTrainer.summary)."""
+    from .metrics import ContinualMatrix
+    from .trainer import TaskReport
+
+    matrix = ContinualMatrix.from_dict(trainer["matrix"])
+    reports = [TaskReport.from_dict(r) for r in trainer.get("reports", [])]
+    out: dict[str, Any] = {"tasks": len(reports)}
+    if reports:
+        last = reports[-1]
+        out["final_bits"] = last.n_bits + int(trainer.get("pending_extension", 0) or 0)
+        out["bits_per_task"] = [r.n_bits for r in reports]
+        out["unified_i2t"], out["unified_t2i"] = last.unified_i2t, last.unified_t2i
+        out["unified_chance"] = last.unified_chance
+        drifts = [r.prefix_drift for r in reports if r.prefix_drift is not None]
+        out["prefix_drift"] = drifts[-1] if drifts else None
+        for direction, figures in (last.unified or {}).items():
+            out[f"unified_{direction}_p10"] = figures.get("p_at_10")
+            out[f"unified_{direction}_map100"] = figures.get("map_at_100")
+            out[f"unified_{direction}_p10_per_task"] = figures.get("per_task_p_at_10")
+    stored = trainer.get("stored", [])
+    for direction in matrix.directions:
+        out[f"mean_{direction}"] = matrix.final_mean(direction)
+        out[f"bwt_{direction}"] = matrix.bwt(direction)
+        out[f"forgetting_{direction}"] = matrix.forgetting(direction)
+    if stored:
+        out["stored_tasks"] = [s["name"] for s in stored]
+    return out
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer)):
+        return _json_safe(obj.item())
+    return obj
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(_json_safe(obj), indent=2, sort_keys=True))
+
+
+# ------------------------------------------------------------------------------------------------------ commands
+def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
     from .baselines import build_trainer
     from .serialization import write_json
     from .trainer import TrainerConfig
 
     _set_threads(args.threads)
     stream = _load_stream(args)
-    synthetic = args.protocol == "synthetic"
-    if synthetic:
-        print("Synthetic stream: seeded random multi-label data, not a real benchmark (see docs/).")
-    print(stream.describe())
-    epochs = args.epochs if args.epochs is not None else (20 if synthetic else 100)
-    hidden = tuple(args.hidden) if args.hidden else ((256, 256) if synthetic else (4096, 4096))
-    base = TrainerConfig(
-        epochs=epochs,
-        batch_size=args.batch_size,
-        lr=args.lr if not synthetic or args.lr != 1e-4 else 1e-3,
-        eval_k=None if args.eval_k == 0 else args.eval_k,
-        select_on=args.select_on or "validation",
-        show_progress=not args.quiet,
-        seed=args.seed,
-    )
+    if args.method not in _METHODS:  # pragma: no cover - argparse choices
+        raise _UserError(f"--method: expected one of {_METHODS}, got {args.method!r}")
+    if args.protocol == "synthetic" and not args.json:
+        print("Synthetic stream: seeded random multi-label data, not a real benchmark (see the docs).")
+    if not args.json:
+        print(stream.describe())
+        print()
+    try:
+        base = TrainerConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            eval_k=None if args.eval_k == 0 else args.eval_k,
+            eval_every=args.eval_every,
+            select_on=args.select_on,
+            samples_per_prompt=args.samples_per_prompt,
+            prompts_per_task=args.prompts_per_task,
+            show_progress=False,  # the command prints its own per-task lines, numbered 1..T
+            seed=args.seed,
+        )
+    except (TypeError, ValueError) as exc:
+        raise _UserError(f"training options: {exc}") from exc
+    n_tasks = len(stream)
+    say = (lambda *a, **k: None) if (args.quiet or args.json) else print
+
+    def on_task(report: Any) -> None:
+        say(_report_line(report, n_tasks), flush=True)
+        following = report.task + 1
+        if following < n_tasks and args.method != "joint":
+            say(
+                f"training task {following + 1}/{n_tasks} {stream[following].name} ({args.epochs} epochs) ...",
+                flush=True,
+            )
+
     trainer = build_trainer(
         args.method,
         stream,
         n_bits=args.bits,
-        hidden_dims=hidden,
+        hidden_dims=tuple(args.hidden),
         config=base,
         rho=args.rho,
         delta=args.delta,
         seed=args.seed,
         checkpoint_dir=args.out,
+        callbacks=[on_task],
     )
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(
+        args.out / "run.json",
+        {
+            "pbeh_kind": "cli_run",
+            "format_version": 1,
+            "pbeh_version": __version__,
+            "protocol": _protocol(args),
+            "data_dir": None if args.data_dir is None else str(args.data_dir),
+            "method": args.method,
+            "n_tasks": n_tasks,
+            "task_names": [t.name for t in stream],
+            "label_names": list(stream.label_names) if stream.label_names is not None else None,
+            "argv": sys.argv[1:],
+        },
+    )
+    progress["training"] = True
     if args.method == "joint":
         trainer.checkpoint_dir = None
+        say("joint training: all tasks at once (the upper bound; not continual)")
         trainer.fit([stream.joint()], resume=False)
         trainer = trainer.evaluate_stream(stream)
         trainer.save(args.out / "joint")
         write_json(args.out / "latest.json", {"directory": "joint", "tasks_done": 1})
     else:
+        if not args.no_resume and (args.out / "latest.json").is_file():
+            done = json.loads((args.out / "latest.json").read_text()).get("tasks_done", "?")
+            say(f"resuming {args.out}: {done} of {n_tasks} task(s) already done")
+            first = int(done) if isinstance(done, int) else 0
+        else:
+            first = 0
+        if first < n_tasks:
+            say(f"training task {first + 1}/{n_tasks} {stream[first].name} ({args.epochs} epochs) ...", flush=True)
         trainer.fit(stream, resume=not args.no_resume)
-    _print_results(trainer.matrix, trainer.summary(), trainer.reports)
+    progress["training"] = False
+    summary = trainer.summary()
     trainer.matrix.save_json(args.out / "matrix.json")
     trainer.matrix.to_csv(args.out / "matrix.csv")
+    if args.json:
+        _print_json(summary)
+        return 0
+    print()
+    print(_matrix_tables(trainer.matrix, [t.name for t in stream]))
+    print()
+    print(_summary_table(summary))
+    print(f"\nsaved to {args.out} (pbeh describe {args.out}; pbeh evaluate {args.out})")
     return 0
 
 
-def _print_results(matrix, summary, reports) -> None:  # type: ignore[no-untyped-def]
-    print()
-    print(matrix.format_table())
-    print()
-    for r in reports:
-        ext = r.extension
-        print(
-            f"task {r.task} {r.name}: {r.n_bits} bits, {r.n_prompts} prompts, best epoch {r.best_epoch}, "
-            f"unified i2t {r.unified_i2t:.4f} t2i {r.unified_t2i:.4f} (chance {r.unified_chance:.4f}), "
-            f"prefix drift {'-' if r.prefix_drift is None else f'{r.prefix_drift:.4f}'}; {ext['reason']}"
-        )
-    print()
-    print("summary:", json.dumps(summary, indent=None, sort_keys=True))
+def _read_run(path: Path):  # type: ignore[no-untyped-def]
+    from ._run import read_run
+
+    return read_run(path)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .metrics import ContinualMatrix
-    from .serialization import read_json
     from .trainer import TaskReport
 
-    state = read_json(_state_dir(args.run) / "trainer.json", what="trainer state")
-    matrix = ContinualMatrix.from_dict(state["matrix"])
-    reports = [TaskReport.from_dict(r) for r in state["reports"]]
-    summary = {
-        **{f"mean_{d}": matrix.final_mean(d) for d in ("i2t", "t2i")},
-        **{f"bwt_{d}": matrix.bwt(d) for d in ("i2t", "t2i")},
-        "bits_per_task": [r.n_bits for r in reports],
-    }
-    _print_results(matrix, summary, reports)
+    run = _read_run(args.run)
+    matrix = ContinualMatrix.from_dict(run.trainer["matrix"])
+    summary = _summary_from_state(run.trainer)
     if args.csv:
         matrix.to_csv(args.csv)
+    if args.json:
+        _print_json(summary)
+        return 0
+    names = run.info.get("task_names") or run.task_names
+    print(_matrix_tables(matrix, names))
+    print()
+    reports = [TaskReport.from_dict(r) for r in run.trainer.get("reports", [])]
+    for report in reports:
+        print(_report_line(report, len(names) or None))
+    print()
+    print(_summary_table(summary))
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    if args.run is None:
+        stream = _load_stream(args)
+        if args.json:
+            _print_json(
+                {
+                    "name": stream.name,
+                    "tasks": [
+                        {
+                            "task": t + 1,
+                            "name": task.name,
+                            "classes": list(task.classes),
+                            "train": len(task.train),
+                            "query": len(task.query),
+                            "database": len(task.database),
+                        }
+                        for t, task in enumerate(stream)
+                    ],
+                }
+            )
+        else:
+            print(stream.describe())
+        return 0
+    run = _read_run(args.run)
+    trainer = run.trainer
+    config = trainer.get("config", {})
+    reports = trainer.get("reports", [])
+    stored = trainer.get("stored", [])
+    summary = _summary_from_state(trainer)
+    sizes = {p.name: p.stat().st_size for p in run.state.rglob("*") if p.is_file()}
+    if args.json:
+        _print_json(
+            {
+                "run": str(run.run),
+                "state": str(run.state),
+                "info": run.info,
+                "config": config,
+                "extension_policy": trainer.get("extension_policy"),
+                "stored": stored,
+                "summary": summary,
+                "bytes_on_disk": sum(sizes.values()),
+            }
+        )
+        return 0
+    info = run.info
+    print(f"run {run.run} (newest state: {run.state.name})")
+    if info:
+        print(
+            f"  protocol {info.get('protocol')}, method {info.get('method')}, {info.get('n_tasks')} task(s) in the "
+            f"stream, {len(reports)} done; pbeh {info.get('pbeh_version')}"
+        )
+    policy = trainer.get("extension_policy", {})
+    print(f"  extension policy: {json.dumps(policy, sort_keys=True)}; cross-length score: {trainer.get('index_score')}")
+    keys = (
+        "epochs",
+        "batch_size",
+        "lr",
+        "select_on",
+        "eval_k",
+        "eval_every",
+        "samples_per_prompt",
+        "prompts_per_task",
+        "seed",
+    )
+    print("  config: " + ", ".join(f"{k}={config.get(k)}" for k in keys if k in config))
+    print()
+    rows = [["task", "name", "bits", "prompts", "train", "database", "best epoch", "mAP i→t", "mAP t→i", "extension"]]
+    for r in reports:
+        rows.append(
+            [
+                str(r["task"] + 1),
+                str(r["name"]),
+                str(r["n_bits"]),
+                str(r["n_prompts"]),
+                str(r["n_train"]),
+                str(r["n_database"]),
+                f"{r['best_epoch']}/{r['epochs']}",
+                _fmt(r["map_i2t"][-1]),
+                _fmt(r["map_t2i"][-1]),
+                _decision_text(r.get("extension", {})),
+            ]
+        )
+    print(_table(rows, right=[True, False, True, True, True, True, True, True, True, False]))
+    n_items = sum(len(ids) for ids in run.stored_ids)
+    print()
+    print(
+        f"stored: {n_items} item(s) per modality in {len(stored)} task segment(s); "
+        f"{sum(sizes.values()) / 1e6:.2f} MB on disk in {run.state.name}"
+    )
+    print()
+    print(_summary_table(summary))
     return 0
 
 
@@ -210,40 +671,109 @@ def _search(args: argparse.Namespace) -> int:
     from .index import TruncatedHammingIndex
     from .model import CrossModalHashModel
 
-    state = _state_dir(args.run)
-    model = CrossModalHashModel.from_pretrained(state / "model")
+    _set_threads(args.threads)
+    if args.k < 1:
+        raise _UserError(f"--k: expected a positive number of results, got {args.k}")
+    run = _read_run(args.run)
+    model = CrossModalHashModel.from_pretrained(run.state / "model")
     other = "text" if args.modality == "image" else "image"
-    index = TruncatedHammingIndex.load(state / f"{other}_index.safetensors")
-    feats = np.load(args.features, allow_pickle=False)
+    index = TruncatedHammingIndex.load(run.state / f"{other}_index.safetensors")
+    if not args.features.is_file():
+        raise _UserError(f"--features: no such file {str(args.features)!r}")
+    try:
+        feats = np.load(args.features, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise _UserError(f"--features: {str(args.features)!r} is not a readable .npy array ({exc})") from exc
     if feats.ndim == 1:
         feats = feats[None, :]
+    width = model.feature_dim(args.modality)
+    if feats.ndim != 2 or feats.shape[1] != width:
+        raise _UserError(
+            f"--features: expected (n, {width}) {args.modality} features for this run's model, got shape {feats.shape}"
+        )
     codes = model.encode(torch.as_tensor(feats, dtype=torch.float32), args.modality)
     result = index.search(codes, args.k)
+    names = run.info.get("task_names") or run.task_names
+    label_names = run.label_names
+    queries = []
     for q in range(len(codes)):
-        hits = zip(result.ids[q], result.scores[q], strict=True)
-        pairs = ", ".join(f"{int(i)} ({s:.3f})" for i, s in hits if int(i) != -1)
-        print(f"query {q}: {pairs}")
+        hits = []
+        tasks = run.task_of(result.ids[q])
+        for item, score, task in zip(result.ids[q].tolist(), result.scores[q].tolist(), tasks, strict=True):
+            if int(item) == -1:
+                continue
+            labels = run.labels_of(int(item))
+            hit: dict[str, Any] = {
+                "id": int(item),
+                "score": float(score),
+                "task": None if task is None else task + 1,
+                "task_name": None if task is None or task >= len(names) else names[task],
+                "labels": labels,
+            }
+            if label_names is not None:
+                hit["label_names"] = [label_names[c] for c in labels if c < len(label_names)]
+            hits.append(hit)
+        queries.append({"query": q, "hits": hits})
+    if args.json:
+        _print_json({"modality": args.modality, "searched": other, "k": args.k, "queries": queries})
+        return 0
+    for entry in queries:
+        print(f"query {entry['query']} ({args.modality} → {other}):")
+        rows = [["rank", "id", "score", "task", "labels"]]
+        for rank, hit in enumerate(entry["hits"], start=1):
+            task = "-" if hit["task"] is None else f"{hit['task']} {hit['task_name'] or ''}".strip()
+            labels = ", ".join(hit.get("label_names") or [str(c) for c in hit["labels"]]) or "-"
+            rows.append([str(rank), str(hit["id"]), f"{hit['score']:.3f}", task, labels])
+        print(_table(rows, right=[True, True, True, False, False]))
     return 0
 
 
-def _describe(args: argparse.Namespace) -> int:
-    print(_load_stream(args).describe())
+def _plot(args: argparse.Namespace) -> int:
+    from .plot import plot_run
+
+    written = plot_run(args.run, args.out)
+    for path in written:
+        print(path)
     return 0
+
+
+# ------------------------------------------------------------------------------------------------------ main
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, (_UserError, ValueError, TypeError, OSError, ImportError)):
+        return text  # these messages name the argument, the expected and the actual value
+    return f"{type(exc).__name__}: {text}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``pbeh`` console script."""
+    """Entry point of the ``pbeh`` console script; returns the exit status (0 ok, 1 error, 130 interrupted)."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if getattr(args, "protocol", None) is not None:
-        from .data import PROTOCOLS
-
-        if args.protocol.replace("_", "-") not in PROTOCOLS:
-            parser.error(f"--protocol: expected one of {', '.join(PROTOCOLS)}, got {args.protocol!r}")
-    if args.command == "train" and not args.quiet:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-    handlers = {"train": _train, "evaluate": _evaluate, "search": _search, "describe": _describe}
-    return handlers[args.command](args)
+    debug = bool(getattr(args, "debug", False))
+    _configure_logging(quiet=bool(getattr(args, "quiet", False)))
+    handlers = {"evaluate": _evaluate, "search": _search, "describe": _describe, "plot": _plot}
+    progress = {"training": False}
+    try:
+        if args.command == "train":
+            return _train(args, progress)
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        hint = f"; {_RESUME_HINT}" if progress["training"] else ""
+        print(f"pbeh: interrupted{hint}", file=sys.stderr)
+        return 130
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if debug:
+            raise
+        if progress["training"]:
+            hint = f" ({_RESUME_HINT}; --debug shows the traceback)"
+        else:
+            hint = "" if isinstance(exc, _UserError) else " (--debug shows the traceback)"
+        print(f"pbeh {args.command}: error: {_one_line(exc)}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
