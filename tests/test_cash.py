@@ -138,7 +138,8 @@ def test_protocol_stores_codes_once_and_fills_both_modes(stream, trained):
     assert 0.0 <= acc["text"] <= 1.0
     # R[1, 0] in oracle mode: queries of task 0 encoded with task 0 against the stored database codes of task 0
     q = trained.model.encode(stream[0].query.image, "image", task=0)
-    expected = map_at_k(q, trained.stored[0].text, stream[0].query.labels, stream[0].database.labels, k=1000)
+    labels_q, labels_db = stream[0].query.labels, stream[0].database.labels
+    expected = map_at_k(q, trained.stored[0].text, labels_q, labels_db, k=1000, ties="average")
     assert trained.matrices["oracle"].matrix("i2t")[1, 0] == pytest.approx(expected)
     with pytest.raises(ValueError, match="mode"):
         trained.summary("hidden")
@@ -225,16 +226,18 @@ def test_reference_inputs_match_a_brute_force_pca():
     np.testing.assert_allclose(np.linalg.norm(out[0].database.text, axis=1), np.sqrt(8), rtol=1e-5)
 
 
-def test_unified_score_matches_reference_ranking_for_equal_lengths():
+def test_unified_score_matches_map_over_the_concatenated_database():
     rng = np.random.default_rng(0)
     q = [(Codes.from_bool(rng.random((6, 8)) > 0.5), Codes.from_bool(rng.random((6, 8)) > 0.5))]
     db = [(Codes.from_bool(rng.random((5, 8)) > 0.5), Codes.from_bool(rng.random((5, 8)) > 0.5)) for _ in range(2)]
     q_labels = [(rng.random((6, 3)) > 0.5).astype(np.uint8)]
     db_labels = [(rng.random((5, 3)) > 0.5).astype(np.uint8) for _ in range(2)]
-    ids = [np.arange(5), np.arange(5, 10)]  # ids ascend in database order: the index's tie order = stable sort
-    i2t, t2i, _ = unified_score(q, q_labels, db, ids, db_labels, k=None)
+    ids = [np.arange(5), np.arange(5, 10)]  # ids ascend in database order: id tie order = stable database order
     all_txt = Codes.concatenate([d[1] for d in db])
     all_img = Codes.concatenate([d[0] for d in db])
     labels = np.concatenate(db_labels)
-    assert i2t == pytest.approx(map_at_k(q[0][0], all_txt, q_labels[0], labels, ties="reference"))
-    assert t2i == pytest.approx(map_at_k(q[0][1], all_img, q_labels[0], labels, ties="reference"))
+    for ties in ("reference", "average"):
+        i2t, t2i, chance = unified_score(q, q_labels, db, ids, db_labels, ties=ties)
+        assert i2t == pytest.approx(map_at_k(q[0][0], all_txt, q_labels[0], labels, ties=ties))
+        assert t2i == pytest.approx(map_at_k(q[0][1], all_img, q_labels[0], labels, ties=ties))
+    assert chance == pytest.approx(((q_labels[0] @ labels.T) > 0).mean())

@@ -31,8 +31,7 @@ from torch import nn
 from .._validation import check_choice, check_positive_int
 from ..codes import Codes
 from ..data import Split, Task, TaskStream
-from ..evaluation import LabelTable, chance_level, map_of_ranking
-from ..index import TruncatedHammingIndex
+from ..evaluation import unified_metrics
 from ..metrics import ContinualMatrix, map_at_k
 from ..serialization import FormatError, load_safetensors, read_json, save_safetensors, write_json
 
@@ -182,15 +181,6 @@ def reference_inputs(stream: TaskStream, *, dim: int = 512) -> TaskStream:
 # ---------------------------------------------------------------------------------------------------- evaluation
 
 
-def _map(
-    query: Codes, db: Codes, q_labels: np.ndarray, db_labels: np.ndarray, k: int | None, ties: str | None
-) -> float:
-    kwargs: dict[str, Any] = {"k": k}
-    if ties is not None:
-        kwargs["ties"] = ties
-    return float(map_at_k(query, db, q_labels, db_labels, **kwargs))
-
-
 def evaluate_row(
     matrix: ContinualMatrix,
     t: int,
@@ -200,20 +190,17 @@ def evaluate_row(
     db_labels: Sequence[np.ndarray],
     *,
     k: int | None,
-    ties: str | None = None,
+    ties: str = "average",
 ) -> tuple[list[float], list[float]]:
-    """Fill ``R[t, i]`` for ``i <= t``: (image, text) query codes of task ``i`` against (image, text) database codes.
-
-    ``ties=None`` uses :func:`pbeh.metrics.map_at_k`'s default (as pbeh's trainer does).
-    """
-    if ties is not None:
-        check_choice(ties, "ties", TIE_RULES)
+    """Fill ``R[t, i]`` for ``i <= t``: (image, text) query codes of task ``i`` against (image, text) database codes,
+    with :func:`pbeh.metrics.map_at_k` (``k``, ``ties``) as :class:`pbeh.trainer.ContinualTrainer` fills its rows."""
+    ties = check_choice(ties, "ties", TIE_RULES)
     row_i2t, row_t2i = [], []
     for i in range(t + 1):
         q_img, q_txt = query_codes[i]
         d_img, d_txt = db_codes[i]
-        i2t = _map(q_img, d_txt, query_labels[i], db_labels[i], k, ties)
-        t2i = _map(q_txt, d_img, query_labels[i], db_labels[i], k, ties)
+        i2t = float(map_at_k(q_img, d_txt, query_labels[i], db_labels[i], k=k, ties=ties))
+        t2i = float(map_at_k(q_txt, d_img, query_labels[i], db_labels[i], k=k, ties=ties))
         matrix.record(t, i, "i2t", i2t)
         matrix.record(t, i, "t2i", t2i)
         row_i2t.append(i2t)
@@ -228,26 +215,29 @@ def unified_score(
     db_ids: Sequence[np.ndarray],
     db_labels: Sequence[np.ndarray],
     *,
-    k: int | None,
+    ties: str = "average",
     index_score: str = "zscore",
 ) -> tuple[float, float, float]:
-    """All seen queries against one :class:`~pbeh.index.TruncatedHammingIndex` per modality holding every database
-    code; returns ``(i2t, t2i, chance)`` computed as :class:`pbeh.trainer.ContinualTrainer` computes its unified
-    score."""
-    image_index = TruncatedHammingIndex(score=index_score)
-    text_index = TruncatedHammingIndex(score=index_score)
-    for (d_img, d_txt), ids in zip(db_codes, db_ids, strict=True):
-        image_index.add(d_img, ids=ids)
-        text_index.add(d_txt, ids=ids)
+    """Every seen query against every stored code in one ranking (:func:`pbeh.evaluation.unified_metrics`, the
+    function :class:`pbeh.trainer.ContinualTrainer` reports its unified score with): ``(i2t, t2i, chance)``, each
+    the mAP over the whole ranking."""
+    ties = check_choice(ties, "ties", TIE_RULES)
     q_labels = np.concatenate(list(query_labels))
-    table = LabelTable(np.concatenate(list(db_ids)), np.concatenate(list(db_labels)))
-    n = len(text_index)
-    kk = n if k is None else min(k, n)
-    q_img = Codes.concatenate([img for img, _ in query_codes])
-    q_txt = Codes.concatenate([txt for _, txt in query_codes])
-    i2t = map_of_ranking(text_index.search(q_img, kk).ids, q_labels, table)
-    t2i = map_of_ranking(image_index.search(q_txt, kk).ids, q_labels, table)
-    return float(i2t), float(t2i), chance_level(q_labels, table.labels)
+    q_tasks = np.concatenate([np.full(len(lab), i, dtype=np.int64) for i, lab in enumerate(query_labels)])
+    out = []
+    for q_side, d_side in ((0, 1), (1, 0)):
+        metrics = unified_metrics(
+            Codes.concatenate([codes[q_side] for codes in query_codes]),
+            q_labels,
+            q_tasks,
+            [codes[d_side] for codes in db_codes],
+            list(db_labels),
+            score=index_score,
+            ties=ties,
+            db_ids=list(db_ids),
+        )
+        out.append(metrics)
+    return out[0].map_all, out[1].map_all, out[0].chance
 
 
 def grow_matrix(matrix: ContinualMatrix, n_tasks: int) -> ContinualMatrix:

@@ -64,7 +64,7 @@ class CASHConfig:
         validation_fraction: share of training items held out when ``select_on="validation"``.
         eval_every: epochs between selection scores.
         eval_k: k of mAP@k for selection and evaluation (``None`` = mAP@all).
-        ties: tie rule of :func:`pbeh.metrics.map_at_k` (``None`` = its default, as pbeh's trainer).
+        ties: ``"average"`` (tie-averaged, pbeh's figures) or ``"reference"`` (the released stable order).
         index_score: the unified index's cross-length score policy.
         quantization_weight, fine_weight, coarse_weight, task_weight, distill_weight, exclude_weight: loss weights
             (1, 0.01, 10, 1, 10, 1).
@@ -82,7 +82,7 @@ class CASHConfig:
     validation_fraction: float = 0.1
     eval_every: int = 1
     eval_k: int | None = 1000
-    ties: str | None = None
+    ties: str = "average"
     index_score: str = "zscore"
     quantization_weight: float = 1.0
     fine_weight: float = 0.01
@@ -106,8 +106,7 @@ class CASHConfig:
         check_positive_int(self.eval_every, "eval_every")
         if self.eval_k is not None:
             check_positive_int(self.eval_k, "eval_k")
-        if self.ties is not None:
-            check_choice(self.ties, "ties", TIE_RULES)
+        check_choice(self.ties, "ties", TIE_RULES)
         for name in ("quantization", "fine", "coarse", "task", "distill", "exclude"):
             value = getattr(self, f"{name}_weight")
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -410,7 +409,7 @@ class CASHTrainer:
             [(s.image, s.text) for s in self.stored],
             [s.ids for s in self.stored],
             [s.labels for s in self.stored],
-            k=cfg.eval_k,
+            ties=cfg.ties,
             index_score=cfg.index_score,
         )
         for name, value in (("unified_i2t", u_i2t), ("unified_t2i", u_t2i), ("unified_chance", chance)):

@@ -56,7 +56,7 @@ class PICMHConfig:
         validation_fraction: share of training items held out for ``"validation"``.
         eval_every: epochs between selection scores.
         eval_k: k of mAP@k (``None`` = mAP@all).
-        ties: tie rule of :func:`pbeh.metrics.map_at_k` (``None`` = its default).
+        ties: ``"average"`` (tie-averaged, pbeh's figures) or ``"reference"`` (the released stable order).
         index_score: the unified index's score policy.
         alpha, beta, gamma, delta: loss weights (0.001, 1, 0.1, 1).
         seed: seeds shuffling and the validation split (88).
@@ -70,7 +70,7 @@ class PICMHConfig:
     validation_fraction: float = 0.1
     eval_every: int = 1
     eval_k: int | None = 1000
-    ties: str | None = None
+    ties: str = "average"
     index_score: str = "zscore"
     alpha: float = 0.001
     beta: float = 1.0
@@ -88,8 +88,7 @@ class PICMHConfig:
         check_positive_int(self.eval_every, "eval_every")
         if self.eval_k is not None:
             check_positive_int(self.eval_k, "eval_k")
-        if self.ties is not None:
-            check_choice(self.ties, "ties", TIE_RULES)
+        check_choice(self.ties, "ties", TIE_RULES)
         for name in ("alpha", "beta", "gamma", "delta"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -281,7 +280,7 @@ class PICMHTrainer:
             db_codes,
             [np.asarray(task.database.ids) for task in self.seen],
             db_labels,
-            k=cfg.eval_k,
+            ties=cfg.ties,
             index_score=cfg.index_score,
         )
         for name, value in (("unified_i2t", u_i2t), ("unified_t2i", u_t2i), ("unified_chance", chance)):
