@@ -6,6 +6,8 @@ Public API (callers compose these):
 * :class:`ExtensibleHasher`: per-modality hashing heads whose code length grows;
 * :class:`ContinualTrainer`: the PBEH recipe over a stream of tasks;
 * :class:`TruncatedHammingIndex`: faiss-backed Hamming search over codes of mixed lengths;
+* :class:`Retriever`: frozen encoder(s) + hashing model + indexes, from raw images and texts to search, saved as
+  one folder;
 
 plus the :class:`Codes` value type, :class:`CrossModalHashModel` (input maps + pool + hasher), the data layer
 (:mod:`pbeh.data`), the metrics (:mod:`pbeh.metrics`) and the frozen encoders (:mod:`pbeh.encoders`).
@@ -34,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .losses import LossWeights
     from .model import CrossModalHashModel
     from .prompts import PromptPool
+    from .retriever import Retriever
     from .trainer import ContinualTrainer, TaskReport, TrainerConfig
 
 # The torch-based classes are imported on first use, so `import pbeh` stays light for users who only search codes.
@@ -42,6 +45,7 @@ _LAZY = {
     "ExtensibleHasher": "hasher",
     "CrossModalHashModel": "model",
     "ContinualTrainer": "trainer",
+    "Retriever": "retriever",
     "TrainerConfig": "trainer",
     "TaskReport": "trainer",
     "LossWeights": "losses",
@@ -76,6 +80,7 @@ __all__ = [
     "ModeCenterRule",
     "NeverExtend",
     "PromptPool",
+    "Retriever",
     "SearchResult",
     "Split",
     "Task",
