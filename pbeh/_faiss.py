@@ -29,8 +29,12 @@ import numpy as np
 
 __all__ = [
     "FAST_CODE_SIZES",
+    "binary_ivf",
     "flat_index",
     "get_num_threads",
+    "ivf_add",
+    "ivf_remove",
+    "ivf_search",
     "knn_hamming",
     "omp_threads",
     "pad_codes",
@@ -173,3 +177,41 @@ def flat_index(packed: np.ndarray) -> Any:
     if db.shape[0]:
         index.add(db)
     return index
+
+
+def binary_ivf(train: np.ndarray, nlist: int, *, seed: int = 0) -> Any:
+    """A ``faiss.IndexBinaryIVF`` over codes of ``train.shape[1]`` bytes with ``nlist`` lists, trained on ``train``.
+
+    Training is binary k-means (faiss clusters the codes as 0/1 vectors), seeded with ``seed``.
+    """
+    db = _check_database("train", train)
+    faiss = _faiss()
+    quantizer = faiss.IndexBinaryFlat(db.shape[1] * 8)
+    index = faiss.IndexBinaryIVF(quantizer, db.shape[1] * 8, int(nlist))
+    index.own_fields = True
+    quantizer.this.disown()
+    index.cp.seed = int(seed)
+    index.train(db)
+    return index
+
+
+def ivf_add(index: Any, codes: np.ndarray, ids: np.ndarray) -> None:
+    """Add ``codes`` (``uint8 (n, code_size)``) under ``ids`` (``int64 (n,)``) to a binary IVF index."""
+    db = _check_database("codes", codes)
+    index.add_with_ids(db, np.ascontiguousarray(ids, dtype=np.int64))
+
+
+def ivf_remove(index: Any, ids: np.ndarray) -> int:
+    """Remove ``ids`` from a binary IVF index; returns how many were removed."""
+    return int(index.remove_ids(_faiss().IDSelectorBatch(np.ascontiguousarray(ids, dtype=np.int64))))
+
+
+def ivf_search(index: Any, queries: np.ndarray, k: int, nprobe: int) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate top ``k`` of a binary IVF index visiting ``nprobe`` lists: ``(distances int32, ids int64)``.
+
+    Missing results (fewer than ``k`` codes in the visited lists) have id ``-1``.
+    """
+    q = _check_database("queries", queries)
+    index.nprobe = int(nprobe)
+    distances, ids = index.search(q, int(k))
+    return distances.astype(np.int32, copy=False), ids.astype(np.int64, copy=False)

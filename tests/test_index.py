@@ -238,9 +238,9 @@ def test_huge_ids_merge_exactly():
 @pytest.mark.parametrize("block", [1, 7, 1 << 22])
 def test_query_blocks_give_the_same_results(monkeypatch, block):
     # Many queries are searched in blocks of at most _CANDIDATES_PER_BLOCK (query, candidate) pairs.
-    import pbeh.index
+    import pbeh.index._core
 
-    monkeypatch.setattr(pbeh.index, "_CANDIDATES_PER_BLOCK", block)
+    monkeypatch.setattr(pbeh.index._core, "_CANDIDATES_PER_BLOCK", block)
     rng = np.random.default_rng(12)
     for lengths in ((16,), (16, 40, 64)):
         index, stored = build([(tie_heavy_codes(rng, 30, n), None) for n in lengths])

@@ -1,0 +1,462 @@
+"""TruncatedHammingIndex: the backend-independent part (ids, validation, cross-length merge, files)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from .. import _faiss
+from .._validation import check_choice, check_codes, check_in_interval, check_int, check_positive_int
+from ..codes import Codes
+from . import _files
+from ._backends import Backend, resolve_backend
+from ._flat import TruncationCache
+from ._scoring import (
+    FILL_DISTANCE,
+    FILL_ID,
+    FILL_N_BITS,
+    FILL_SCORE,
+    INT64_MAX,
+    SCORE_POLICIES,
+    SearchResult,
+    as_id_array,
+    first_duplicates,
+    score_distances,
+)
+
+__all__ = ["DEFAULT_CACHE_BYTES", "TruncatedHammingIndex"]
+
+_logger = logging.getLogger(__name__)
+
+#: Default bound of the truncated-copy cache (bytes); see :class:`TruncatedHammingIndex`.
+DEFAULT_CACHE_BYTES = 1 << 30
+
+# Queries are searched in blocks of at most this many (query, candidate) pairs, so that searching many queries for a
+# large k does not build multi-gigabyte merge arrays.
+_CANDIDATES_PER_BLOCK = 1 << 22
+
+
+class TruncatedHammingIndex:
+    """Hamming search over stored codes of several lengths, with explicit int64 ids.
+
+    Each stored code is compared with a query on their common prefix, ``min(query bits, stored bits)`` bits, and the
+    results of all lengths are ranked together by a cross-length ``score`` policy (see :mod:`pbeh.index`):
+    ``"hamming"``, ``"normalized"``, ``"zscore"`` (default) or ``"llr"``. Scores are larger = better.
+
+    Args:
+        score: the default score policy of :meth:`search`.
+        threads: faiss OpenMP threads used during a search (restored afterwards). Keep 1 on shared machines.
+        flip_probability: ``p`` of the ``"llr"`` policy, the assumed per-bit disagreement of related codes, in
+            ``(0, 0.5)``.
+        backend: where the codes live and how a segment is searched: ``"flat"`` (default; exact, in memory),
+            ``"ivf"`` or an :class:`~pbeh.index.IVFBackend` (approximate inverted lists for large segments, exact
+            flat scan for the rest), or a :class:`~pbeh.index.MilvusBackend` (a Milvus Lite file or a Milvus
+            server/cluster; exact on ``BIN_FLAT``). Everything else about the index is the same.
+        cache_bytes: bound (bytes) of the truncated copies kept for queries shorter than the stored codes; ``0``
+            keeps none (each such search truncates on the fly, one chunk at a time).
+
+    Example:
+        >>> import numpy as np
+        >>> index = TruncatedHammingIndex()
+        >>> rng = np.random.default_rng(0)
+        >>> short = Codes.from_bool(rng.random((3, 16)) < 0.5)
+        >>> long = Codes.from_bool(rng.random((2, 32)) < 0.5)
+        >>> index.add(short).tolist(), index.add(long, ids=[10, 11]).tolist()
+        ([0, 1, 2], [10, 11])
+        >>> index.segments
+        [(16, 3), (32, 2)]
+        >>> result = index.search(long, k=2)
+        >>> result.ids[:, 0].tolist(), result.distances[:, 0].tolist(), result.n_bits_compared[:, 0].tolist()
+        ([10, 11], [0, 0], [32, 32])
+    """
+
+    def __init__(
+        self,
+        *,
+        score: str = "zscore",
+        threads: int = 1,
+        flip_probability: float = 0.2,
+        backend: str | Backend = "flat",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        self._score = check_choice(score, "score", SCORE_POLICIES, bracketed=False)
+        self._threads = check_positive_int(threads, "threads")
+        self._flip_probability = check_in_interval(flip_probability, "flip_probability", 0, 0.5)
+        self._backend = resolve_backend(backend)
+        self._cache = TruncationCache(check_int(cache_bytes, "cache_bytes", minimum=0))
+        self._segments: dict[int, Any] = self._backend.open_segments(self._cache)
+        self._next_id = max((int(seg.ids()[-1]) + 1 for seg in self._segments.values() if len(seg)), default=0)
+
+    # ------------------------------------------------------------------ info
+    @property
+    def score(self) -> str:
+        """The default score policy of :meth:`search`."""
+        return self._score
+
+    @property
+    def threads(self) -> int:
+        """faiss OpenMP threads used during a search."""
+        return self._threads
+
+    @property
+    def flip_probability(self) -> float:
+        """``p`` of the ``"llr"`` policy."""
+        return self._flip_probability
+
+    @property
+    def backend(self) -> Backend:
+        """The storage and search backend (see the class docstring)."""
+        return self._backend
+
+    @property
+    def cache_bytes(self) -> int:
+        """The bound of the truncated-copy cache, in bytes."""
+        return self._cache.max_bytes
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes held by truncated copies right now (at most :attr:`cache_bytes`)."""
+        return self._cache.n_bytes
+
+    @property
+    def next_id(self) -> int:
+        """The first id :meth:`add` assigns when called without ids (one past the largest id ever added)."""
+        return self._next_id
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        """``[(n_bits, count), ...]`` for every stored code length, shortest first."""
+        return [(n_bits, len(self._segments[n_bits])) for n_bits in sorted(self._segments)]
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._segments.values())
+
+    def __contains__(self, id_: object) -> bool:
+        if isinstance(id_, bool) or not isinstance(id_, (int, np.integer)) or id_ < 0 or id_ > INT64_MAX:
+            return False
+        target = np.array([id_], dtype=np.int64)
+        return any(bool(seg.contains(target)[0]) for seg in self._segments.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"TruncatedHammingIndex(n={len(self)}, segments={self.segments}, score={self._score!r}, "
+            f"backend={self._backend!r})"
+        )
+
+    def get_ids(self, *, n_bits: int | None = None) -> np.ndarray:
+        """All stored ids, ascending, as ``int64``; only those stored at ``n_bits`` bits when given."""
+        if n_bits is not None:
+            n_bits = check_positive_int(n_bits, "n_bits")
+            seg = self._segments.get(n_bits)
+            return np.zeros(0, dtype=np.int64) if seg is None else seg.ids()
+        if not self._segments:
+            return np.zeros(0, dtype=np.int64)
+        return np.sort(np.concatenate([seg.ids() for seg in self._segments.values()]))
+
+    def _segment_of(self, ids: np.ndarray) -> np.ndarray:
+        """For each id: the n_bits of its segment, 0 if it is not stored."""
+        seg_bits = np.zeros(len(ids), dtype=np.int64)
+        for n_bits, seg in self._segments.items():
+            seg_bits[seg.contains(ids)] = n_bits
+        return seg_bits
+
+    def get_codes(self, ids: Iterable[int] | np.ndarray, *, n_bits: int | None = None) -> Codes:
+        """The stored codes of ``ids``, in the order given, as one :class:`Codes`.
+
+        A :class:`Codes` has one length, so either every requested id must be stored at the same length, or
+        ``n_bits`` names a length to truncate them all to (each must be stored with at least ``n_bits`` bits).
+        The trainer reads back a task's stored codes this way to measure prefix drift.
+
+        Raises:
+            KeyError: an id is not stored.
+            ValueError: the ids have several lengths and ``n_bits`` is None, or a code is shorter than ``n_bits``.
+        """
+        wanted = as_id_array(ids)
+        if n_bits is not None:
+            n_bits = check_positive_int(n_bits, "n_bits")
+        seg_bits = self._segment_of(wanted)
+        missing = wanted[seg_bits == 0]
+        if missing.size:
+            raise KeyError(f"ids: {missing.size} id(s) not in the index, e.g. {missing[:5].tolist()}")
+        lengths = np.unique(seg_bits)
+        if n_bits is None:
+            if lengths.size > 1:
+                raise ValueError(
+                    f"ids: the requested codes have several lengths {lengths.tolist()}; pass n_bits= to truncate "
+                    "them to a common length"
+                )
+            if lengths.size == 0:
+                raise ValueError("ids: expected at least one id when n_bits is not given (the length is unknown)")
+            n_bits = int(lengths[0])
+        elif lengths.size and lengths[0] < n_bits:
+            raise ValueError(
+                f"n_bits: {n_bits} exceeds the length of some requested codes (stored at {int(lengths[0])} bits)"
+            )
+        out = np.zeros((len(wanted), (n_bits + 7) // 8), dtype=np.uint8)
+        for length in lengths.tolist():
+            rows = np.flatnonzero(seg_bits == length)
+            padded = self._segments[length].get_padded(wanted[rows])
+            out[rows] = Codes(np.ascontiguousarray(padded[:, : (length + 7) // 8]), length).truncate(n_bits).packed
+        return Codes(out, n_bits)
+
+    # ------------------------------------------------------------------ changes
+    def add(self, codes: Codes, ids: Iterable[int] | np.ndarray | None = None) -> np.ndarray:
+        """Store a batch of codes (all of one length) under int64 ids; returns the ids.
+
+        The codes are copied: changing the caller's buffer afterwards does not change what is stored. Adding ``n``
+        codes in any number of batches costs O(n) for increasing ids (automatic ids, or explicit ids above every
+        stored one) and O(n log n) otherwise.
+
+        Args:
+            codes: the codes; they join the segment of their length (created if new).
+            ids: one non-negative id per code, unique within the batch and not already stored. ``None`` assigns
+                ``next_id, next_id + 1, ...`` (ids of removed items are never reused).
+
+        Returns:
+            The ids, ``int64 (len(codes),)`` (a new array).
+
+        Raises:
+            ValueError: a wrong number of ids, a negative id, or a duplicate id (in the batch or already stored).
+        """
+        codes = check_codes(codes, "codes")
+        n = len(codes)
+        if ids is None:
+            if self._next_id + n - 1 > INT64_MAX:
+                raise ValueError("ids: automatic ids would overflow int64; pass explicit ids")
+            new_ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+            order = None
+        else:
+            new_ids = as_id_array(ids)
+            if new_ids.shape[0] != n:
+                raise ValueError(f"ids: expected one id per code ({n}), got {new_ids.shape[0]}")
+            order = None if n < 2 or bool(np.all(new_ids[1:] > new_ids[:-1])) else np.argsort(new_ids, kind="stable")
+            sorted_ids = new_ids if order is None else new_ids[order]
+            duplicates = first_duplicates(sorted_ids)
+            if duplicates:
+                raise ValueError(f"ids: duplicate ids in the batch, e.g. {duplicates}")
+            stored = np.zeros(n, dtype=bool)
+            for seg in self._segments.values():
+                stored |= seg.contains(sorted_ids)
+            if stored.any():
+                raise ValueError(f"ids: already in the index, e.g. {sorted_ids[stored][:5].tolist()}")
+        if n == 0:
+            return new_ids
+        seg = self._segments.get(codes.n_bits)
+        if seg is None:
+            seg = self._segments[codes.n_bits] = self._backend.new_segment(codes.n_bits, self._cache)
+        packed = codes.packed
+        if order is not None:
+            packed = packed[order]  # fancy indexing copies
+        seg.add(_faiss.pad_codes(packed, seg.code_size), new_ids if order is None else new_ids[order])
+        self._next_id = max(self._next_id, int(new_ids.max()) + 1)
+        _logger.debug("added %d codes of %d bits (index now %d items)", n, codes.n_bits, len(self))
+        return new_ids.copy()
+
+    def remove(self, ids: Iterable[int] | np.ndarray, *, missing: str = "raise") -> int:
+        """Remove stored items by id; returns how many were removed.
+
+        Args:
+            ids: the ids to remove (repeats count once).
+            missing: ``"raise"`` (default): raise ``KeyError`` naming unknown ids and remove nothing;
+                ``"ignore"``: skip unknown ids (the return value tells how many were found).
+        """
+        if missing not in ("raise", "ignore"):
+            raise ValueError(f"missing: expected 'raise' or 'ignore', got {missing!r}")
+        wanted = np.sort(as_id_array(ids))
+        if wanted.size > 1:
+            wanted = wanted[np.concatenate([[True], wanted[1:] != wanted[:-1]])]
+        seg_bits = self._segment_of(wanted)
+        if missing == "raise" and np.any(seg_bits == 0):
+            unknown = wanted[seg_bits == 0]
+            raise KeyError(f"ids: {unknown.size} id(s) not in the index, e.g. {unknown[:5].tolist()}")
+        removed = 0
+        for n_bits in np.unique(seg_bits[seg_bits > 0]).tolist():
+            seg = self._segments[n_bits]
+            removed += seg.remove(wanted[seg_bits == n_bits])
+            if len(seg) == 0:
+                self._backend.drop_segment(seg)
+                del self._segments[n_bits]
+        _logger.debug("removed %d items (index now %d items)", removed, len(self))
+        return removed
+
+    def clear_cache(self) -> None:
+        """Free the truncated segment copies built for queries shorter than the stored codes."""
+        self._cache.clear()
+        for seg in self._segments.values():
+            seg.drop_cache()
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self, query_codes: Codes, k: int, *, score: str | None = None, nprobe: int | None = None
+    ) -> SearchResult:
+        """The ``k`` best stored items for each query, best first (ties by ascending id).
+
+        Exact for the flat and Milvus backends; for IVF segments the candidates of each segment come from its
+        ``nprobe`` nearest inverted lists (then merged exactly with the other segments).
+
+        Args:
+            query_codes: queries of one length ``K_q``; each stored code of ``K_s`` bits is compared on the first
+                ``min(K_q, K_s)`` bits.
+            k: results per query.
+            score: the cross-length policy for this call (default: the index's ``score``).
+            nprobe: inverted lists visited per IVF segment (default: the backend's); ignored by the other backends.
+
+        Returns:
+            A :class:`SearchResult` of ``(len(query_codes), k)`` arrays, filled with id ``-1`` (distance ``-1``,
+            score ``-inf``, ``n_bits_compared`` 0) where the index holds fewer than ``k`` items.
+        """
+        query_codes = check_codes(query_codes, "query_codes")
+        k = check_positive_int(k, "k")
+        policy = self._score if score is None else check_choice(score, "score", SCORE_POLICIES, bracketed=False)
+        if nprobe is not None:
+            nprobe = check_positive_int(nprobe, "nprobe")
+        nq = len(query_codes)
+        ids = np.full((nq, k), FILL_ID, dtype=np.int64)
+        distances = np.full((nq, k), FILL_DISTANCE, dtype=np.int32)
+        scores = np.full((nq, k), FILL_SCORE, dtype=np.float64)
+        n_compared = np.full((nq, k), FILL_N_BITS, dtype=np.int32)
+        if nq == 0 or not self._segments:
+            return SearchResult(ids, distances, scores, n_compared, policy)
+
+        # Per segment: the compared length and the score of every possible distance 0..L (a lookup table); over all
+        # tables, the integer rank of every score (0 = best, equal scores share a rank) for the merge.
+        plan: list[tuple[Any, int, np.ndarray]] = []
+        for n_bits in sorted(self._segments):
+            seg = self._segments[n_bits]
+            compared = min(query_codes.n_bits, n_bits)
+            table = score_distances(np.arange(compared + 1), compared, policy, flip_probability=self._flip_probability)
+            plan.append((seg, compared, table))
+        values = np.unique(np.concatenate([table for _, _, table in plan]))
+        ranks = [len(values) - 1 - np.searchsorted(values, table) for _, _, table in plan]
+        n_candidates = sum(min(k, len(seg)) for seg, _, _ in plan)
+        width = min(k, n_candidates)
+        step = max(1, _CANDIDATES_PER_BLOCK // n_candidates)  # bounds the merge's memory for many queries
+        truncated = {compared: query_codes.truncate(compared).packed for _, compared, _ in plan}
+        with _faiss.omp_threads(self._threads):
+            for start in range(0, nq, step):
+                rows = slice(start, min(nq, start + step))
+                views = (ids[rows, :width], distances[rows, :width], scores[rows, :width], n_compared[rows, :width])
+                block = {compared: packed[rows] for compared, packed in truncated.items()}
+                self._search_block(block, k, plan, ranks, views, nprobe)
+        return SearchResult(ids, distances, scores, n_compared, policy)
+
+    def _search_block(
+        self,
+        queries: dict[int, np.ndarray],
+        k: int,
+        plan: list[tuple[Any, int, np.ndarray]],
+        ranks: list[np.ndarray],
+        views: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+        nprobe: int | None,
+    ) -> None:
+        """Search one block of queries and write the merged top ``width`` into ``views`` (ids, distances, ...)."""
+        ids, distances, scores, n_compared = views
+        parts = [seg.search(queries[compared], compared, k, nprobe=nprobe) for seg, compared, _ in plan]
+        if len(parts) == 1:
+            # Each segment returns (distance, id) order = (score descending, id ascending).
+            (dist, part_ids), (_, compared, table) = parts[0], plan[0]
+            m = part_ids.shape[1]
+            ids[:, :m], distances[:, :m] = part_ids, dist
+            valid = part_ids >= 0
+            scores[:, :m] = np.where(valid, table[np.where(valid, dist, 0)], FILL_SCORE)
+            n_compared[:, :m] = np.where(valid, compared, FILL_N_BITS)
+            distances[:, :m][~valid] = FILL_DISTANCE
+            return
+
+        # Merge: sort every candidate by (score rank, id). One int64 key rank * (max id + 2) + id + 1 sorts about 8x
+        # faster than a two-key lexsort; missing candidates (id -1, from approximate segments) sort last.
+        all_ids = np.concatenate([part_ids for _, part_ids in parts], axis=1)
+        valid = all_ids >= 0
+        all_dist = np.concatenate([dist for dist, _ in parts], axis=1)
+        worst = len(ranks[0]) + sum(len(r) for r in ranks)
+        all_rank = np.concatenate(
+            [rank[np.where(part_ids >= 0, dist, 0)] for rank, (dist, part_ids) in zip(ranks, parts, strict=True)],
+            axis=1,
+        )
+        all_rank = np.where(valid, all_rank, worst)
+        all_part = np.concatenate([np.full(d.shape, i, dtype=np.int16) for i, (d, _) in enumerate(parts)], axis=1)
+        width = ids.shape[1]
+        id_span = int(all_ids.max()) + 2
+        if (worst + 1) * id_span <= INT64_MAX:
+            order = np.argsort(all_rank * id_span + all_ids + 1, axis=1)[:, :width]
+        else:  # ids too large to pack with the rank: two-key sort
+            order = np.lexsort((all_ids, all_rank), axis=-1)[:, :width]
+        ids[...] = np.take_along_axis(all_ids, order, axis=1)
+        distances[...] = np.take_along_axis(all_dist, order, axis=1)
+        part = np.take_along_axis(all_part, order, axis=1)
+        for i, (_, compared, table) in enumerate(plan):
+            mask = (part == i) & (ids >= 0)
+            n_compared[mask] = compared
+            scores[mask] = table[distances[mask]]
+        gone = ids < 0
+        distances[gone], scores[gone], n_compared[gone] = FILL_DISTANCE, FILL_SCORE, FILL_N_BITS
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the index to a safetensors file (atomically, streamed: memory stays near the index's own).
+
+        Tensors ``codes.<n_bits>`` (``uint8 (n, ceil(n_bits / 8))``, unpadded) and ``ids.<n_bits>`` (``int64 (n,)``,
+        ascending), plus metadata. Saving the same index twice gives identical bytes, whatever the backend.
+        """
+        _files.save_index(path, self._segments, self._header())
+
+    def _header(self) -> dict[str, Any]:
+        return {
+            "bit_order": _files.BIT_ORDER,
+            "segment_n_bits": [n for n, _ in self.segments],
+            "segment_sizes": [c for _, c in self.segments],
+            "score": self._score,
+            "flip_probability": self._flip_probability,
+            "next_id": self._next_id,
+        }
+
+    @staticmethod
+    def metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Describe a saved index from its header only (no codes are read).
+
+        Returns:
+            ``{"format_version", "pbeh_version", "bit_order", "segments" ([(n_bits, count)]), "n_items", "score",
+            "flip_probability", "next_id"}``.
+
+        Raises:
+            FormatError: the file is missing, truncated, not a pbeh index, or its header is malformed.
+        """
+        return _files.read_index_metadata(path)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        threads: int = 1,
+        backend: str | Backend = "flat",
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> TruncatedHammingIndex:
+        """Read an index written by :meth:`save` (score policy and ids included; nothing is unpickled).
+
+        The file is read in blocks straight into the index's storage, so memory peaks near the loaded index's own
+        size. ``backend`` chooses where the loaded codes go (a Milvus backend must start empty).
+
+        Raises:
+            FormatError: the file is missing, truncated, damaged (checksum), of another format version, not a pbeh
+                index, or inconsistent (tensors that do not match the header, unsorted or negative ids, ...).
+        """
+        meta = _files.read_index_metadata(path)
+        index = cls(
+            score=meta["score"],
+            threads=threads,
+            flip_probability=meta["flip_probability"],
+            backend=backend,
+            cache_bytes=cache_bytes,
+        )
+        if len(index):
+            raise ValueError(f"backend: loading needs an empty backend, {index.backend!r} holds {len(index)} codes")
+        index._segments = _files.load_segments(
+            path, meta, lambda n_bits: index._backend.new_segment(n_bits, index._cache)
+        )
+        index._next_id = meta["next_id"]
+        return index

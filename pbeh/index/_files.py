@@ -1,0 +1,200 @@
+"""Saving and loading a TruncatedHammingIndex: streamed writes and block-by-block reads into the index's storage.
+
+File format (``pbeh_kind`` ``"index"``, ``format_version`` 1): per stored length a ``codes.<n_bits>`` tensor (``uint8
+(n, ceil(n_bits / 8))``, unpadded, big bit order) and an ``ids.<n_bits>`` tensor (``int64 (n,)``, strictly
+ascending), plus metadata ``bit_order``, ``segment_n_bits``, ``segment_sizes``, ``score``, ``flip_probability`` and
+``next_id``. The layout is unchanged from the first pbeh version; files written since carry a checksum.
+
+Memory: saving streams every tensor block by block (:func:`pbeh.serialization.save_safetensors_streaming`); loading
+reads each tensor block by block straight into the segments' chunks (:class:`pbeh.serialization.
+SafetensorsBlockReader`), so neither builds the file, or a second copy of the arrays, in memory. Checks are O(n log n)
+and use no hash table: ids ascending within a segment (a linear scan), no id in two segments (binary searches of one
+segment's ids in another's, block by block).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..serialization import FormatError, SafetensorsBlockReader, read_safetensors_metadata, save_safetensors_streaming
+from ._flat import _tail_mask
+from ._scoring import INT64_MAX, SCORE_POLICIES
+
+__all__ = ["BIT_ORDER", "FORMAT_VERSION", "load_segments", "read_index_metadata", "save_index"]
+
+FORMAT_VERSION = 1
+KIND = "index"
+BIT_ORDER = "big"
+_BLOCK_ROWS = 1 << 18
+_CHECK_ROWS = 1 << 15  # ids per binary-search block of the duplicate check (a few temporaries of 8 bytes each)
+
+
+def save_index(path: str | os.PathLike[str], segments: dict[int, Any], header: dict[str, Any]) -> None:
+    """Write ``segments`` ({n_bits: segment}) and ``header`` to ``path``, streamed and atomic."""
+    tensors: dict[str, Any] = {}
+    for n_bits, seg in segments.items():
+        n_bytes, count = (n_bits + 7) // 8, len(seg)
+
+        def codes(seg: Any = seg, n_bytes: int = n_bytes) -> Any:
+            return (block[:, :n_bytes] for block, _ in seg.blocks(_BLOCK_ROWS))
+
+        def ids(seg: Any = seg) -> Any:
+            return (block_ids for _, block_ids in seg.blocks(_BLOCK_ROWS))
+
+        tensors[f"codes.{n_bits}"] = (np.uint8, (count, n_bytes), codes)
+        tensors[f"ids.{n_bits}"] = (np.int64, (count,), ids)
+    save_safetensors_streaming(path, tensors, kind=KIND, format_version=FORMAT_VERSION, metadata=header)
+
+
+def read_index_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The decoded, validated header of a saved index (see :meth:`TruncatedHammingIndex.metadata`)."""
+    return _parse_header(path, read_safetensors_metadata(path, kind=KIND))
+
+
+def load_segments(
+    path: str | os.PathLike[str], meta: dict[str, Any], make_segment: Callable[[int], Any]
+) -> dict[int, Any]:
+    """Read the segments of a saved index into new segments from ``make_segment(n_bits)``; every problem is a
+    :class:`FormatError`."""
+    where = repr(str(path))
+    segments: dict[int, Any] = {}
+    loaded: dict[int, tuple[list[np.ndarray], np.ndarray]] = {}
+    with SafetensorsBlockReader(path, kind=KIND, format_version=FORMAT_VERSION) as reader:
+        tensors = reader.header.tensors
+        expected = {f"{kind}.{n}" for n, _ in meta["segments"] for kind in ("codes", "ids")}
+        if set(tensors) != expected:
+            raise FormatError(f"{where}: tensors {sorted(tensors)} do not match the header's {sorted(expected)}")
+        counts = dict(meta["segments"])
+        for n_bits, count in meta["segments"]:  # shapes first: nothing is allocated for a file that lies
+            dtype, shape, *_ = tensors[f"ids.{n_bits}"]
+            if dtype != np.int64 or shape != (count,):
+                raise FormatError(f"{where}: ids.{n_bits} should be int64 ({count},), got {dtype} {shape}")
+            dtype, shape, *_ = tensors[f"codes.{n_bits}"]
+            n_bytes = (n_bits + 7) // 8
+            if dtype != np.uint8 or len(shape) != 2 or shape[1] != n_bytes:
+                raise FormatError(
+                    f"{where}: codes.{n_bits} are not valid {n_bits}-bit codes: packed: expected uint8 (n, {n_bytes}),"
+                    f" got {dtype} {shape}"
+                )
+            if shape[0] != count:
+                raise FormatError(f"{where}: codes.{n_bits} has {shape[0]} rows, the header says {count}")
+        chunks: dict[int, list[np.ndarray]] = {}
+        for name in reader.order:
+            kind, n_bits = name.split(".")[0], int(name.split(".")[1])
+            count = counts[n_bits]
+            if kind == "codes":
+                segments[n_bits] = seg = make_segment(n_bits)
+                chunks[n_bits] = _read_codes(reader, name, n_bits, count, seg, where)
+            else:
+                ids = reader.read_rows(name, np.empty(count, dtype=np.int64))
+                _check_ascending(ids, n_bits, where)
+                loaded[n_bits] = (chunks[n_bits], ids)
+        reader.finish()
+    _check_disjoint({n: ids for n, (_, ids) in loaded.items()}, where)
+    largest = max((int(ids[-1]) for _, ids in loaded.values()), default=-1)
+    if largest >= meta["next_id"]:
+        raise FormatError(f"{where}: next_id {meta['next_id']} is not above the largest id")
+    for n_bits, (seg_chunks, ids) in loaded.items():
+        segments[n_bits].adopt(seg_chunks, ids)
+    return segments
+
+
+def _read_codes(reader: SafetensorsBlockReader, name: str, n_bits: int, count: int, seg: Any, where: str) -> list:
+    """Read ``codes.<n_bits>`` into padded chunks of ``seg.chunk_rows`` rows, checking the padding bits."""
+    n_bytes, code_size, chunk_rows = (n_bits + 7) // 8, seg.code_size, seg.chunk_rows
+    mask = (~_tail_mask(n_bits)) & 0xFF
+    block = np.empty((min(_BLOCK_ROWS, count), n_bytes), dtype=np.uint8) if n_bytes != code_size else None
+    chunks: list[np.ndarray] = []
+    for first in range(0, count, chunk_rows):
+        rows = min(chunk_rows, count - first)
+        chunk = np.empty((rows, code_size), dtype=np.uint8) if block is None else np.zeros((rows, code_size), np.uint8)
+        for start in range(0, rows, _BLOCK_ROWS):
+            stop = min(rows, start + _BLOCK_ROWS)
+            if block is None:
+                part = reader.read_rows(name, chunk[start:stop])
+            else:
+                part = reader.read_rows(name, block[: stop - start])
+                chunk[start:stop, :n_bytes] = part
+            if mask and np.any(part[:, n_bytes - 1] & mask):
+                bad = first + start + int(np.flatnonzero(part[:, n_bytes - 1] & mask)[0])
+                raise FormatError(
+                    f"{where}: codes.{n_bits} are not valid {n_bits}-bit codes: packed: padding bits of row {bad} "
+                    "are not zero"
+                )
+        chunks.append(chunk)
+    return chunks
+
+
+def _check_ascending(ids: np.ndarray, n_bits: int, where: str) -> None:
+    bad = ids.size == 0 or ids[0] < 0
+    for start in range(0, max(ids.size - 1, 0), _CHECK_ROWS):
+        stop = min(ids.size, start + _CHECK_ROWS + 1)
+        if bad or np.any(ids[start + 1 : stop] <= ids[start : stop - 1]):
+            bad = True
+            break
+    if bad:
+        raise FormatError(f"{where}: ids.{n_bits} must be non-empty, non-negative and strictly increasing")
+
+
+def _check_disjoint(ids_by_length: dict[int, np.ndarray], where: str) -> None:
+    """No id in two segments: binary searches of each segment's ids in every other's, block by block."""
+    lengths = sorted(ids_by_length)
+    for i, a in enumerate(lengths):
+        for b in lengths[i + 1 :]:
+            small, large = sorted((ids_by_length[a], ids_by_length[b]), key=len)
+            for start in range(0, small.size, _CHECK_ROWS):
+                part = small[start : start + _CHECK_ROWS]
+                pos = np.minimum(np.searchsorted(large, part), large.size - 1)
+                if np.any(large[pos] == part):
+                    raise FormatError(f"{where}: an id is stored in several segments")
+
+
+def _parse_header(path: str | os.PathLike[str], meta: dict[str, str]) -> dict[str, Any]:
+    """Decode and validate the metadata of a saved index; every problem is a FormatError."""
+
+    def fail(what: str) -> FormatError:
+        return FormatError(f"{str(path)!r} is not a valid pbeh index: {what}")
+
+    try:
+        bit_order = meta["bit_order"]
+        n_bits = json.loads(meta["segment_n_bits"])
+        sizes = json.loads(meta["segment_sizes"])
+        score = meta["score"]
+        flip_probability = json.loads(meta["flip_probability"])
+        next_id = json.loads(meta["next_id"])
+        format_version = int(meta["format_version"])
+    except KeyError as exc:
+        raise fail(f"metadata key {exc.args[0]!r} is missing") from exc
+    except (ValueError, RecursionError) as exc:
+        raise fail(f"malformed metadata ({exc})") from exc
+    if bit_order != BIT_ORDER:
+        raise fail(f"bit_order {bit_order!r}, expected {BIT_ORDER!r}")
+    ints = (n_bits, sizes)
+    if not all(isinstance(v, list) and all(type(x) is int and x > 0 for x in v) for v in ints):
+        raise fail("segment_n_bits and segment_sizes must be lists of positive ints")
+    if len(n_bits) != len(sizes) or len(set(n_bits)) != len(n_bits):
+        raise fail("segment_n_bits must be distinct and as long as segment_sizes")
+    if any(n > 1 << 20 for n in n_bits):
+        raise fail(f"a code length above {1 << 20} bits in segment_n_bits")
+    if score not in SCORE_POLICIES:
+        raise fail(f"unknown score policy {score!r}")
+    if type(flip_probability) not in (int, float) or not 0 < flip_probability < 0.5:
+        raise fail(f"flip_probability {flip_probability!r} outside (0, 0.5)")
+    if type(next_id) is not int or not 0 <= next_id <= INT64_MAX + 1:
+        raise fail(f"next_id {next_id!r} is not a non-negative int")
+    segments = sorted(zip(n_bits, sizes, strict=True))
+    return {
+        "format_version": format_version,
+        "pbeh_version": meta.get("pbeh_version", ""),
+        "bit_order": bit_order,
+        "segments": segments,
+        "n_items": sum(sizes),
+        "score": score,
+        "flip_probability": float(flip_probability),
+        "next_id": next_id,
+    }
