@@ -129,7 +129,12 @@ class Codes:
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise TypeError(f"values: expected a real-valued array, got dtype {arr.dtype}")
         if np.issubdtype(arr.dtype, np.floating) and np.isnan(arr).any():
-            raise ValueError("values: contains NaN; codes need a sign for every value")
+            row, col = (int(v) for v in np.argwhere(np.isnan(arr))[0])
+            raise ValueError(
+                f"values: contains NaN at row {row}, column {col} ({int(np.isnan(arr).any(axis=1).sum())} row(s) in "
+                "all); codes need a sign for every value. For model outputs: the inputs hold NaN or inf, or the "
+                "training loss diverged"
+            )
         return cls(np.packbits(arr >= 0, axis=1, bitorder="big"), arr.shape[1], _owned=True)
 
     @classmethod

@@ -22,10 +22,11 @@ Only numpy is needed otherwise.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import numpy as np
 
 from ._validation import check_bool, check_fraction, check_int
 from ._matv5 import MatV5File
+from ._npz import CheckedNpz
 from .serialization import FormatError
 
 __all__ = [
@@ -131,10 +133,18 @@ def _item_ids(values: Any, n: int, name: str) -> np.ndarray:
     integral_floats = np.issubdtype(arr.dtype, np.floating) and np.array_equal(arr, np.round(arr))
     if (arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer)) and not integral_floats:
         raise TypeError(f"{name}: expected integer item ids, got dtype {arr.dtype}")
+    if integral_floats and arr.size and not np.all(np.abs(arr) < 2.0**63):
+        raise ValueError(f"{name}: item ids must fit in int64, got {float(arr[np.abs(arr) >= 2.0**63][0])}")
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) >= 2**63:
+        raise ValueError(f"{name}: item ids must fit in int64, got {int(arr.max())}")
     arr = np.ascontiguousarray(arr, dtype=np.int64)
     if len(np.unique(arr)) != len(arr):
         raise ValueError(f"{name}: expected unique item ids, got {len(arr) - len(np.unique(arr))} duplicate(s)")
     return arr
+
+
+# Class indices above this are not class indices (a damaged file): the multi-hot matrix would not fit in memory.
+_MAX_CLASSES = 1 << 20
 
 
 def _labels_from_any(values: Any, name: str, *, n_classes: int | None = None, index_base: int = 0) -> np.ndarray:
@@ -154,6 +164,11 @@ def _labels_from_any(values: Any, name: str, *, n_classes: int | None = None, in
     index = arr.astype(np.int64) - index_base
     if len(index) and index.min() < 0:
         raise ValueError(f"{name}: class indices must be >= {index_base}, got {int(index.min()) + index_base}")
+    if len(index) and n_classes is None and index.max() >= _MAX_CLASSES:
+        raise ValueError(
+            f"{name}: class index {int(index.max()) + index_base} would make a label matrix of "
+            f"{int(index.max()) + 1} classes; pbeh reads at most {_MAX_CLASSES} classes (damaged labels?)"
+        )
     width = n_classes if n_classes is not None else (int(index.max()) + 1 if len(index) else 0)
     if len(index) and index.max() >= width:
         raise ValueError(f"{name}: class index {int(index.max()) + index_base} out of range for {width} classes")
@@ -897,6 +912,26 @@ def _index_base(values: np.ndarray, index_base: int | str, source: str) -> int:
     raise ValueError(f"index_base: expected 'auto', 0 or 1, got {index_base!r} (reading {source})")
 
 
+def _file_contents_checked(reader: Callable[..., Any]) -> Callable[..., Any]:
+    """Report a ValueError raised while validating a file's contents as a :class:`FormatError` naming the file.
+
+    FormatError is a ValueError, so callers catching ValueError keep working; the message is kept as it was.
+    """
+
+    @functools.wraps(reader)
+    def wrapper(path: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return reader(path, *args, **kwargs)
+        except FormatError:
+            raise
+        except ValueError as exc:
+            text = str(exc)
+            raise FormatError(text if str(path) in text else f"{path}: {text}") from exc
+
+    return wrapper
+
+
+@_file_contents_checked
 def read_train_test_mat(
     path: PathLike, *, index_base: int | str = "auto", label_names: Sequence[str] | None = None
 ) -> CrossModalData:
@@ -958,6 +993,7 @@ def read_train_test_mat(
     )
 
 
+@_file_contents_checked
 def read_all_mat(
     path: PathLike,
     *,
@@ -1131,6 +1167,7 @@ def _read_multiview(
     )
 
 
+@_file_contents_checked
 def read_features_npz(
     path: PathLike, *, label_key: str = "labels", index_base: int | str | None = None
 ) -> CrossModalData:
@@ -1167,23 +1204,17 @@ def read_features_npz(
         raise TypeError(f"label_key: expected the name of an array in the file, got {label_key!r}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise FormatError(f"{path}: not a readable .npz file ({exc})") from exc
+    archive = CheckedNpz(path)  # sizes checked before allocating; no pickle; every problem a FormatError
     with archive:
         keys = list(archive.files)
         for key in ("image", "text", label_key):
             if key not in keys:
                 hint = " (choose the labels with label_key=...)" if key == label_key else ""
                 raise FormatError(f"{path}: missing key {key!r}{hint}; keys present: {', '.join(map(repr, keys))}")
-        try:
-            image, text, labels = archive["image"], archive["text"], archive[label_key]
-            names_key = f"{label_key}_names" if f"{label_key}_names" in keys else "label_names"
-            names = archive[names_key] if names_key in keys else None
-            item_ids = archive["item_ids"] if "item_ids" in keys else None
-        except ValueError as exc:  # object arrays need pickle
-            raise FormatError(f"{path}: an array needs pickle to load, which pbeh refuses ({exc})") from exc
+        image, text, labels = archive["image"], archive["text"], archive[label_key]
+        names_key = f"{label_key}_names" if f"{label_key}_names" in keys else "label_names"
+        names = archive[names_key] if names_key in keys else None
+        item_ids = archive["item_ids"] if "item_ids" in keys else None
     ids = names_of_items = None
     if item_ids is not None:
         if np.issubdtype(item_ids.dtype, np.integer):
@@ -1234,6 +1265,7 @@ def _taskwise_key(mat: _MatFile, stem: str, kind: str, scheme: str) -> str:
     )
 
 
+@_file_contents_checked
 def read_taskwise_mat(
     directory: PathLike,
     *,

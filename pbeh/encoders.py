@@ -27,6 +27,7 @@ names, URLs) to integers before caching, e.g. with their row number in your data
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -37,7 +38,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._validation import check_choice, check_positive_int
-from .serialization import FormatError, load_safetensors, read_safetensors_metadata, save_safetensors
+from .serialization import (
+    FormatError,
+    load_safetensors,
+    read_safetensors_metadata,
+    save_safetensors,
+    sibling_path,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -823,6 +830,7 @@ class FeatureCache:
         self._ids = np.empty(0, dtype=np.int64)
         self._encoder_name: str | None = None
         self._order = np.empty(0, dtype=np.int64)  # argsort of _ids
+        self._stamp: tuple[int, int, int] | None = None  # the file as last read or written
         if self.path.exists():
             meta = read_safetensors_metadata(self.path, kind=FEATURES_KIND)
             if meta.get("modality") != self.modality:
@@ -833,9 +841,17 @@ class FeatureCache:
             self._load()
 
     def _load(self) -> None:
+        stamp = _file_stamp(self.path)
         feats, ids, meta = load_features(self.path)
         self._features, self._ids, self._encoder_name = feats, ids, meta["encoder_name"]
         self._order = np.argsort(ids, kind="stable")
+        self._stamp = stamp
+
+    def _refresh(self) -> None:
+        """Reload the file when another writer (another FeatureCache, another process) changed it since we read it."""
+        stamp = _file_stamp(self.path)
+        if stamp is not None and stamp != getattr(self, "_stamp", None):
+            self._load()
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -948,14 +964,58 @@ class FeatureCache:
             new = _check_features(
                 encode_fn(_subset(items, missing)), n=len(missing), dim=self.dim, what="encode_fn output"
             )
-            all_ids = np.concatenate([self._ids, ids_arr[missing]])
-            all_feats = new if self._features is None else np.concatenate([self._features, new])
-            save_features(self.path, all_feats, all_ids, encoder_name=encoder_name, modality=self.modality)
+            # Append under a lock, on top of what is in the file now: another FeatureCache on the same file (in
+            # this process or another) may have appended since we read it, and its items must not be lost.
+            with _file_lock(self.path):
+                self._refresh()
+                if self._encoder_name is not None and self._encoder_name != encoder_name:
+                    if not overwrite:
+                        raise ValueError(
+                            f"encoder_name: the cache {str(self.path)!r} now holds features of "
+                            f"{self._encoder_name!r} (written meanwhile by another writer), got {encoder_name!r}"
+                        )
+                    self._features, self._encoder_name = None, None
+                    self._ids = np.empty(0, dtype=np.int64)
+                    self._order = np.empty(0, dtype=np.int64)
+                if self.dim is not None and new.shape[1] != self.dim:
+                    raise ValueError(f"encode_fn output: expected width {self.dim} (the cache's), got {new.shape[1]}")
+                fresh = self._rows(ids_arr[missing]) < 0  # items the other writer did not add meanwhile
+                all_ids = np.concatenate([self._ids, ids_arr[missing][fresh]])
+                all_feats = new[fresh] if self._features is None else np.concatenate([self._features, new[fresh]])
+                save_features(self.path, all_feats, all_ids, encoder_name=encoder_name, modality=self.modality)
+                self._stamp = _file_stamp(self.path)
             self._features, self._ids, self._encoder_name = all_feats, all_ids, encoder_name
             self._order = np.argsort(all_ids, kind="stable")
             rows = self._rows(ids_arr)
         assert self._features is not None
         return self._features[rows]
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced or rewritten: inode, size, modification time (None: no file)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):  # type: ignore[no-untyped-def]
+    """An exclusive advisory lock on the sibling ``.<name>.lock`` (POSIX ``flock``; no lock where unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    lock_path = sibling_path(path, "lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _subset(items: Any, positions: np.ndarray) -> Any:

@@ -852,6 +852,15 @@ class ContinualMatrix:
                 f"data: this pbeh reads ContinualMatrix format_version {_FORMAT_VERSION}, "
                 f"got {data.get('format_version')!r}"
             )
+        # Bound what the file may ask to allocate by what it holds: n_tasks rows must be present in the matrices.
+        n_claimed, held = data.get("n_tasks"), data.get("matrices")
+        if isinstance(n_claimed, int) and isinstance(held, Mapping):
+            rows = max((len(v) for v in held.values() if isinstance(v, list)), default=0)
+            if n_claimed > rows:
+                raise FormatError(f"data: n_tasks is {n_claimed} but the matrices hold {rows} rows")
+        directions = data.get("directions")
+        if isinstance(directions, list) and len(directions) > 16:
+            raise FormatError(f"data: 'directions' must list at most 16 directions, got {len(directions)}")
         try:
             out = cls(data["n_tasks"], directions=data["directions"])
         except KeyError as exc:
