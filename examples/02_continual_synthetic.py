@@ -1,6 +1,6 @@
 """A tiny continual run on a synthetic stream: train task after task, print R[t, i], BWT, the unified score.
 
-Run:  OMP_NUM_THREADS=1 python examples/continual_synthetic.py
+Run:  OMP_NUM_THREADS=1 python examples/02_continual_synthetic.py
 
 Everything is seeded and small (3 tasks, 3 classes each, a 128-wide head, 15 epochs per task), so the run
 takes a few seconds on one CPU core. The figures it prints describe this toy stream only, not a benchmark.
@@ -65,8 +65,14 @@ with tempfile.TemporaryDirectory() as checkpoints:
     )
 
     # Resume: a new trainer on the same checkpoint directory loads latest.json and skips the finished tasks.
+    # (with the same options: a checkpoint trained with others is refused)
     resumed = ContinualTrainer.for_stream(
-        stream, n_bits=16, hidden_dims=(128,), config=config, checkpoint_dir=checkpoints
+        stream,
+        n_bits=16,
+        hidden_dims=(128,),
+        config=config,
+        extension_policy=FixedSchedule(bits_per_task=8),
+        checkpoint_dir=checkpoints,
     )
     resumed.fit(stream)
     assert resumed.n_tasks_done == len(stream)

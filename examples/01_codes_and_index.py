@@ -1,6 +1,6 @@
 """Your own binary codes -> pbeh.Codes -> TruncatedHammingIndex -> search -> mAP. No torch training, no data.
 
-Run:  OMP_NUM_THREADS=1 python examples/index_only.py
+Run:  OMP_NUM_THREADS=1 python examples/01_codes_and_index.py
 
 The codes are synthetic: each of 10 classes has a random 64-bit centre, and an item's code is its class centre
 with 20 % of the bits flipped. An "old" batch is stored at 32 bits (the first 32 bits of the centre) and a

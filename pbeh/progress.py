@@ -1,0 +1,59 @@
+"""One switch to see what pbeh is doing from Python: :func:`show_progress`.
+
+pbeh reports through :mod:`logging` (logger ``"pbeh"`` and its children) and installs no handler, so by default a
+Python session shows only warnings. ``pbeh.show_progress()`` attaches one handler to the ``"pbeh"`` logger (never the
+root logger, so other libraries' chatter, such as faiss's loader messages, stays hidden): the trainer's per-task
+results, resumption, code extensions and the readers' notes then print to stderr. ``pbeh.show_progress(False)``
+removes it. Progress bars over epochs are a per-trainer option: ``TrainerConfig(show_progress=True)``.
+
+Example:
+    >>> import pbeh
+    >>> handler = pbeh.show_progress()
+    >>> handler in logging.getLogger("pbeh").handlers
+    True
+    >>> pbeh.show_progress(False)
+    >>> handler in logging.getLogger("pbeh").handlers
+    False
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+__all__ = ["show_progress"]
+
+_MARK = "_pbeh_show_progress"
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING}
+
+
+def show_progress(enabled: bool = True, *, level: str = "INFO", stream: TextIO | None = None) -> logging.Handler | None:
+    """Print pbeh's log lines (per-task results, extensions, resumption) to ``stream`` (default stderr), or stop.
+
+    Args:
+        enabled: ``True`` attaches the handler (replacing one attached before), ``False`` removes it.
+        level: ``"INFO"`` (per-task lines, default), ``"DEBUG"`` or ``"WARNING"``.
+        stream: where to write (default ``sys.stderr``).
+
+    Returns:
+        The attached handler, or None when ``enabled`` is False.
+    """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected a bool, got {enabled!r}")
+    if level not in _LEVELS:
+        raise ValueError(f"level: expected one of {', '.join(_LEVELS)}, got {level!r}")
+    logger = logging.getLogger("pbeh")
+    for handler in list(logger.handlers):
+        if getattr(handler, _MARK, False):
+            logger.removeHandler(handler)
+    if not enabled:
+        return None
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(logging.Formatter("pbeh: %(message)s"))
+    handler.setLevel(_LEVELS[level])
+    setattr(handler, _MARK, True)
+    logger.addHandler(handler)
+    if logger.getEffectiveLevel() > _LEVELS[level]:
+        logger.setLevel(_LEVELS[level])
+    return handler
