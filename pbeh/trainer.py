@@ -281,6 +281,9 @@ class ContinualTrainer:
             rule with rho = 0.1, delta = 1).
         index_score: the cross-length score policy of the unified indexes (see :mod:`pbeh.index`).
         checkpoint_dir: when given, a checkpoint is written after every task and :meth:`fit` can resume from it.
+        keep_task_checkpoints: keep every task's state (``task_000``, ``task_001``, ...) in ``checkpoint_dir``
+            instead of only the newest one (the default: the newest state is all that resuming needs, and a state
+            holds a whole model).
         callbacks: functions called with each :class:`TaskReport` after its task.
 
     Example:
@@ -302,6 +305,7 @@ class ContinualTrainer:
         extension_policy: ExtensionPolicy | None = None,
         index_score: str = "zscore",
         checkpoint_dir: str | Path | None = None,
+        keep_task_checkpoints: bool = False,
         callbacks: Sequence[Callable[[TaskReport], None]] = (),
     ) -> None:
         if not isinstance(model, CrossModalHashModel):
@@ -323,6 +327,9 @@ class ContinualTrainer:
         self.text_index = TruncatedHammingIndex(score=index_score)
         self.index_score = index_score
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        if not isinstance(keep_task_checkpoints, bool):
+            raise TypeError(f"keep_task_checkpoints: expected a bool, got {keep_task_checkpoints!r}")
+        self.keep_task_checkpoints = keep_task_checkpoints
         self.callbacks = list(callbacks)
         self.matrix = ContinualMatrix(1)
         self.reports: list[TaskReport] = []
@@ -1113,10 +1120,15 @@ class ContinualTrainer:
             setattr(self, name, getattr(loaded, name))
 
     def _write_checkpoint(self, checkpoint_dir: Path) -> None:
-        """Save the state after task t into ``task_<t>`` and then point ``latest.json`` at it (atomically)."""
+        """Save the state after task t into ``task_<t>``, point ``latest.json`` at it (atomically), then remove the
+        earlier task states unless ``keep_task_checkpoints``."""
         name = f"task_{self.n_tasks_done - 1:03d}"
         self.save(checkpoint_dir / name)
         write_json(checkpoint_dir / "latest.json", {"directory": name, "tasks_done": self.n_tasks_done})
+        if not self.keep_task_checkpoints:
+            for old in checkpoint_dir.glob("task_*"):
+                if old.is_dir() and old.name != name and re.fullmatch(r"task_\d{3,9}", old.name):
+                    shutil.rmtree(old, ignore_errors=True)
 
     # ------------------------------------------------------------------ summaries
     def summary(self) -> dict[str, Any]:

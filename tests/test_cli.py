@@ -258,9 +258,10 @@ def test_evaluate_shows_the_matrices_unified_score_and_drift(run_dir, tmp_path, 
     assert summary["unified_i2t"] == pytest.approx(last["unified_i2t"])
     assert summary["prefix_drift"] == pytest.approx(last["prefix_drift"])
     assert summary["bits_per_task"] == [8, 8, 8, 8]
-    # one task's checkpoint works as well as the run directory
-    assert main(["evaluate", str(out / "task_001")]) == 0
-    assert "summary after 2 task(s)" in capsys.readouterr().out
+    # the newest task's checkpoint works as well as the run directory; earlier task states are not kept by default
+    assert sorted(p.name for p in out.glob("task_*")) == ["task_003"]
+    assert main(["evaluate", str(out / "task_003")]) == 0
+    assert "summary after 4 task(s)" in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------------------------------ describe
