@@ -51,6 +51,22 @@ def test_model_shapes_and_tasks():
         model.encode(torch.randn(2, 12), "image", task=5)
 
 
+def test_enhance_equals_multihead_attention_over_repeated_prompts():
+    model = CASHModel(16, 16, n_bits=8, input_transform="identity", **SMALL)
+    for _ in range(3):
+        model.add_task()
+    x = torch.randn(7, 16)
+    tasks = torch.tensor([0, 2, 1, 1, 0, 2, 2])
+    with torch.no_grad():
+        for t in range(3):
+            prompts = model.prompts[f"shared_{t}"].unsqueeze(0).expand(7, -1, -1)
+            expected = model.attention(x.unsqueeze(1), prompts, prompts)[0].squeeze(1)
+            torch.testing.assert_close(model.enhance(x, "image", t), expected)
+        per_row = torch.stack([model.prompts[f"shared_{int(t)}"] for t in tasks])
+        expected = model.attention(x.unsqueeze(1), per_row, per_row)[0].squeeze(1)
+        torch.testing.assert_close(model.enhance(x, "text", tasks), expected)
+
+
 def test_fuse_follows_the_mask():
     fine, coarse = torch.randn(4, 8), torch.randn(4, 8)
     assert torch.allclose(fuse(fine, coarse, torch.ones(4, 8)), torch.tanh(coarse))

@@ -18,6 +18,7 @@ on the batch.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -180,12 +181,32 @@ class CASHModel(nn.Module):
         return scores.argmax(dim=1)
 
     def enhance(self, x: torch.Tensor, modality: str, task: int | torch.Tensor) -> torch.Tensor:
-        """``e = MHA(Q = x, K = V = P_task)`` per sample; ``task`` is one index or a ``(B,)`` tensor of indices."""
+        """``e = MHA(Q = x, K = V = P_task)`` per sample; ``task`` is one index or a ``(B,)`` tensor of indices.
+
+        Computed with the weights of ``self.attention`` but projecting each task's prompts once instead of once per
+        sample (the same result as calling ``self.attention`` with the prompts repeated over the batch; tested).
+        """
+        mha = self.attention
+        d, heads = self.feature_dim, self.num_heads
+        w, b = mha.in_proj_weight, mha.in_proj_bias
+        q = F.linear(x, w[:d], b[:d])  # (B, d)
         if isinstance(task, torch.Tensor):
-            prompts = torch.stack([self._prompt(i, modality) for i in range(self.n_tasks)])[task]
+            prompts = torch.stack([self._prompt(i, modality) for i in range(self.n_tasks)])  # (T, L, d)
         else:
-            prompts = self._prompt(task, modality).unsqueeze(0).expand(x.shape[0], -1, -1)
-        return self.attention(x.unsqueeze(1), prompts, prompts, need_weights=False)[0].squeeze(1)
+            prompts = self._prompt(task, modality).unsqueeze(0)  # (1, L, d)
+        k = F.linear(prompts, w[d : 2 * d], b[d : 2 * d])
+        v = F.linear(prompts, w[2 * d :], b[2 * d :])
+        n_sets, length = k.shape[0], k.shape[1]
+        k = k.view(n_sets, length, heads, d // heads)
+        v = v.view(n_sets, length, heads, d // heads)
+        qh = q.view(len(x), heads, d // heads) / math.sqrt(d // heads)
+        if isinstance(task, torch.Tensor):  # each row its own task's keys and values
+            weights = torch.einsum("bhc,blhc->bhl", qh, k[task]).softmax(dim=-1)
+            out = torch.einsum("bhl,blhc->bhc", weights, v[task])
+        else:
+            weights = torch.einsum("bhc,lhc->bhl", qh, k[0]).softmax(dim=-1)
+            out = torch.einsum("bhl,lhc->bhc", weights, v[0])
+        return mha.out_proj(out.reshape(len(x), d))
 
     def branches(self, z: torch.Tensor, modality: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(fine, coarse) outputs of ``modality``'s branches for enhanced features ``z``."""
