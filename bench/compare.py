@@ -1,6 +1,6 @@
 """One comparison: pbeh's methods, CASH and PIC-CMH (and PromptHash when present) on the same splits, lengths, seeds.
 
-    OMP_NUM_THREADS=1 python bench/compare.py --data-dir ../shared/data --out docs/comparison.md --json /tmp/compare.json
+    OMP_NUM_THREADS=1 python bench/compare.py --data-dir ../shared/data --out docs/comparison.md --json compare.json
 
 For each dataset (Wikipedia-5, MIRFLICKR730-4), code length (16, 32, 64) and seed, every method trains on the same
 stream and is evaluated with the same metrics (pbeh.metrics.map_at_k for R[t, i], pbeh.evaluation.unified_metrics for
@@ -98,7 +98,10 @@ def run_pbeh(method: str, stream: TaskStream, n_bits: int, seed: int, args: argp
 
 
 def run_cash(stream: TaskStream, n_bits: int, seed: int, args: argparse.Namespace) -> list[tuple[str, dict]]:
-    config = CASHConfig(epochs=args.epochs, eval_k=args.pbeh_config.eval_k, ties=args.pbeh_config.ties, seed=seed)
+    config = CASHConfig(
+        epochs=args.epochs, eval_every=args.eval_every, eval_k=args.pbeh_config.eval_k, ties=args.pbeh_config.ties,
+        seed=seed,
+    )  # fmt: skip
     trainer = CASHTrainer.for_stream(stream, n_bits=n_bits, config=config, hidden_dim=max(args.hidden))
     started = time.perf_counter()
     trainer.fit(stream)
@@ -112,7 +115,10 @@ def run_cash(stream: TaskStream, n_bits: int, seed: int, args: argparse.Namespac
 
 
 def run_picmh(stream: TaskStream, n_bits: int, seed: int, args: argparse.Namespace, experts: str) -> dict:
-    config = PICMHConfig(epochs=args.epochs, eval_k=args.pbeh_config.eval_k, ties=args.pbeh_config.ties, seed=seed)
+    config = PICMHConfig(
+        epochs=args.epochs, eval_every=args.eval_every, eval_k=args.pbeh_config.eval_k, ties=args.pbeh_config.ties,
+        seed=seed,
+    )  # fmt: skip
     trainer = PICMHTrainer.for_stream(
         stream, n_bits=n_bits, config=config, hidden_dims=tuple(args.hidden), expert_prompts=experts
     )
@@ -199,6 +205,7 @@ def main() -> int:
         metavar="KEY=VALUE",
         help="TrainerConfig fields for pbeh's methods beyond epochs (default: TrainerConfig())",
     )
+    parser.add_argument("--eval-every", type=int, default=0, help="epochs between selection scores (0: epochs // 5)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2025])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
@@ -206,9 +213,10 @@ def main() -> int:
     args = parser.parse_args()  # fmt: skip
 
     torch.set_num_threads(args.threads)
+    args.eval_every = args.eval_every or max(1, args.epochs // 5)
     base = TrainerConfig()
     args.pbeh_config = parse_overrides(
-        args.pbeh_set, dataclasses.replace(base, epochs=args.epochs, eval_every=max(1, args.epochs // 10))
+        args.pbeh_set, dataclasses.replace(base, epochs=args.epochs, eval_every=args.eval_every)
     )
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     cfg = args.pbeh_config
@@ -219,8 +227,8 @@ def main() -> int:
         f"{args.threads} thread(s), {time.strftime('%Y-%m-%d')}.",
         "",
         f"**Reduced for CPU time:** {args.epochs} epochs per task for every method (the released recipes use "
-        f"100), hidden widths {tuple(args.hidden)} (released: 4096), seeds {args.seeds} (figures are means over "
-        "seeds). "
+        f"100), a selection score every {args.eval_every} epochs, hidden widths {tuple(args.hidden)} "
+        f"(released: 4096), seeds {args.seeds} (figures are means over seeds). "
         f"pbeh's methods: `TrainerConfig()` defaults otherwise (batch {cfg.batch_size}, lr {cfg.lr}, "
         f"select_on {cfg.select_on!r}). CASH: `CASHConfig()` (batch 64, lr 1e-5 then 1e-6, ExponentialLR 0.99, "
         "selection on a validation split). PIC-CMH: `PICMHConfig()` (batch 512, lr 1e-4 → 5e-5, selection on a "
@@ -230,7 +238,8 @@ def main() -> int:
         "`cash (oracle)` is given the true task of every query (the released code's per-task numbers); `cash` infers "
         "it from the discriminators. bytes/item = packed code bytes per item and modality; PIC-CMH must also keep "
         "the float32 features of both modalities to re-encode. encoder passes = database items encoded for storage "
-        "and evaluation / database size (per-epoch selection encodings not counted). seconds = training and "
+        "and evaluation / database size (per-epoch selection encodings not counted; `joint` stores the merged database "
+        "in its fit and each task's again for the per-task evaluation). seconds = training and "
         "evaluation wall time per run (PromptHash: one run for all lengths, divided by their number).",
         "",
     ]
@@ -241,7 +250,9 @@ def main() -> int:
         lines += [f"## {name}", "", "```", stream.describe(), "```", "", HEADER]
         results: dict[tuple[str, int], list[dict[str, Any]]] = {}
 
-        def add(method: str, n_bits: int, summary: dict[str, Any], seed: int, dataset: str = name) -> None:
+        def add(
+            method: str, n_bits: int, summary: dict[str, Any], seed: int, dataset: str = name, results: dict = results
+        ) -> None:
             summary = {**summary, "method": method, "bits": n_bits, "seed": seed, "dataset": dataset}
             results.setdefault((method, n_bits), []).append(summary)
             all_rows.append(summary)
