@@ -83,7 +83,7 @@ class CrossModalHashModel(nn.Module):
         image_dim, text_dim: feature widths of the two modalities.
         n_bits: initial code length.
         dim: shared prompt width; ``None`` means ``max(image_dim, text_dim)``.
-        hidden_dims: hidden widths of each hash head (the reference: ``(4096, 4096)``).
+        hidden_dims: hidden widths of each hash head (pbeh: ``(512, 512)``, CPU-sized; the reference: ``(4096, 4096)``).
         normalize_features: L2-normalise features (and multiply by ``feature_norm``) before the input map (see
             the module docstring on scale).
         feature_norm: norm of the features after normalisation; ``None`` means ``sqrt(dim)``. Unless
@@ -125,7 +125,7 @@ class CrossModalHashModel(nn.Module):
         *,
         n_bits: int,
         dim: int | None = None,
-        hidden_dims: Sequence[int] = (4096, 4096),
+        hidden_dims: Sequence[int] = (512, 512),
         normalize_features: bool = True,
         feature_norm: float | None = None,
         pool_kwargs: Mapping[str, Any] | None = None,
@@ -435,7 +435,7 @@ class CrossModalHashModel(nn.Module):
                 raise ValueError(f"dtype: expected one of {list(_DTYPES)}, got {config.get('dtype')!r}")
         except KeyError as exc:
             raise FormatError(f"model config: missing key {exc.args[0]!r}") from exc
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, IndexError, AttributeError) as exc:
             raise FormatError(f"model config: invalid: {exc}") from exc
         return model.to(dtype=dtype)
 
@@ -573,6 +573,9 @@ def _check_config_size(config: Mapping[str, Any], weights_bytes: int, source: st
     widths = _int_list(config, "width_history", source, minimum=1, allow_empty=False)
     pools = _int_list(config, "pool_sizes", source, minimum=0, allow_empty=True)
     json_field(config, "pool", dict, source=source)
+    inits = json_field(config, "pool_inits", (list, type(None)), source=source, default=None)
+    if inits is not None and (len(inits) != len(pools) or not all(isinstance(i, str) for i in inits)):
+        raise FormatError(f"{source}: 'pool_inits' must list one string per pool ({len(pools)}), got {inits!r:.80}")
     dim = dims["dim"]
     # smallest dtype pbeh saves: float16
     bound = 2 * (dims["image_dim"] + dims["text_dim"])
