@@ -85,15 +85,24 @@ def parse_overrides(items: list[str], base: TrainerConfig) -> TrainerConfig:
     return dataclasses.replace(base, **changes)
 
 
+def matrices(matrix: Any) -> dict[str, list]:
+    """R[t, i] of both directions as nested lists (None where not evaluated), for the JSON and the figures."""
+    return {
+        f"R_{d}": [[None if v != v else float(v) for v in row] for row in matrix.matrix(d).tolist()]
+        for d in ("i2t", "t2i")
+    }
+
+
 def run_pbeh(method: str, stream: TaskStream, n_bits: int, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     counter = {"items": 0}
     with count_database_encodings(counter):
-        _, summary = run_method(
+        trainer, summary = run_method(
             method, stream, n_bits=n_bits, hidden_dims=tuple(args.hidden), config=args.pbeh_config, seed=seed
         )
     n_db = sum(len(t.database) for t in stream)
     summary["encoder_passes"] = counter["items"] / n_db
     summary["kept_feature_bytes_per_item"] = 0.0
+    summary.update(matrices(trainer.matrix))
     return summary
 
 
@@ -110,6 +119,7 @@ def run_cash(stream: TaskStream, n_bits: int, seed: int, args: argparse.Namespac
     for mode, label in (("inferred", "cash"), ("oracle", "cash (oracle)")):
         summary = trainer.summary(mode)
         summary["seconds"] = seconds
+        summary.update(matrices(trainer.matrices[mode]))
         rows.append((label, summary))
     return rows
 
@@ -126,6 +136,7 @@ def run_picmh(stream: TaskStream, n_bits: int, seed: int, args: argparse.Namespa
     trainer.fit(stream)
     summary = trainer.summary()
     summary["seconds"] = time.perf_counter() - started
+    summary.update(matrices(trainer.matrix))
     return summary
 
 
