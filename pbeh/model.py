@@ -262,7 +262,15 @@ class CrossModalHashModel(nn.Module):
             if not features.is_floating_point():
                 raise TypeError(f"features: expected floating-point features, got dtype {features.dtype}")
             features = features.to(device=self.device, dtype=self.dtype)
-        return self._check_features(features, modality)
+        checked = self._check_features(features, modality)
+        finite = torch.isfinite(checked).all(dim=1)
+        if not bool(finite.all()):
+            bad = torch.nonzero(~finite).flatten()
+            raise ValueError(
+                f"features: {len(bad)} row(s) of the {modality} features contain NaN or inf (first: row "
+                f"{int(bad[0])}); codes need finite features"
+            )
+        return checked
 
     def project(self, features: torch.Tensor, modality: str) -> torch.Tensor:
         """Map features ``(B, D_modality)`` into the prompt width: ``x`` ``(B, dim)``."""

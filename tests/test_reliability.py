@@ -529,3 +529,11 @@ def test_bfloat16_model_save_names_the_fix(tmp_path):
     with pytest.raises(TypeError, match=r"dtype torch.bfloat16.*model.float\(\)"):
         model.save_pretrained(tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_nan_or_inf_features_at_predict_time_name_the_rows():
+    model = small_model()
+    x = torch.randn(4, 8)
+    x[2, 1] = float("inf")
+    with pytest.raises(ValueError, match=r"features: 1 row\(s\) of the image features contain NaN or inf \(first: row 2\)"):
+        model.encode(x, "image")
