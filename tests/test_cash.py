@@ -220,6 +220,8 @@ def test_feature_input_centres_on_the_first_fit_only():
     inputs.fit(torch.ones(4, 3), torch.zeros(4, 3))
     inputs.fit(torch.full((4, 3), 5.0), torch.ones(4, 3))
     assert torch.equal(inputs.image_mean, torch.ones(3))
+    with pytest.raises(ValueError, match=r"features: expected text features of shape \(B, 3\), got \(2, 4\)"):
+        inputs(torch.zeros(2, 4), "text")
     out = inputs(torch.tensor([[2.0, 1.0, 1.0]]), "image")
     assert torch.allclose(out, torch.tensor([[3**0.5, 0.0, 0.0]]))
 

@@ -122,7 +122,9 @@ class FeatureInput(nn.Module):
     def forward(self, features: torch.Tensor, modality: str) -> torch.Tensor:
         width = self.width(modality)
         if features.ndim != 2 or features.shape[1] != width:
-            raise ValueError(f"features: expected a ({'B'}, {width}) {modality} tensor, got {tuple(features.shape)}")
+            raise ValueError(
+                f"features: expected {modality} features of shape (B, {width}), got {tuple(features.shape)}"
+            )
         if self.transform == "identity":
             return features
         mean = self.image_mean if modality == "image" else self.text_mean
