@@ -240,8 +240,8 @@ def main() -> int:
         f"**Reduced for CPU time:** {args.epochs} epochs per task for every method (the released recipes use "
         f"100), a selection score every {args.eval_every} epochs, hidden widths {tuple(args.hidden)} "
         f"(released: 4096), seeds {args.seeds} (figures are means over seeds). "
-        f"pbeh's methods: `TrainerConfig()` defaults otherwise (batch {cfg.batch_size}, lr {cfg.lr}, "
-        f"select_on {cfg.select_on!r}). CASH: `CASHConfig()` (batch 64, lr 1e-5 then 1e-6, ExponentialLR 0.99, "
+        f"pbeh's methods: `TrainerConfig()` with epochs{' and ' + ', '.join(args.pbeh_set) if args.pbeh_set else ''}"
+        f" (so batch {cfg.batch_size}, lr {cfg.lr}, select_on {cfg.select_on!r}). CASH: `CASHConfig()` (batch 64, lr 1e-5 then 1e-6, ExponentialLR 0.99, "
         "selection on a validation split). PIC-CMH: `PICMHConfig()` (batch 512, lr 1e-4 → 5e-5, selection on a "
         "validation split). "
         f"R[t, i] with mAP@{cfg.eval_k or 'all'}; unified = mAP over one ranking of every stored code for every seen "
@@ -268,9 +268,10 @@ def main() -> int:
             results.setdefault((method, n_bits), []).append(summary)
             all_rows.append(summary)
             print(table_row(method, n_bits, summary), flush=True)
+            if args.json:  # written after every run, so an interrupted run keeps what it finished
+                args.json.write_text(json.dumps(all_rows, indent=2, sort_keys=True, default=str))
 
         for seed in args.seeds:
-            prompthash = run_prompthash(stream, seed, args) if "prompthash" in args.methods else None
             for n_bits in args.bits:
                 for method in args.methods:
                     if method in PBEH_METHODS:
@@ -281,8 +282,10 @@ def main() -> int:
                     elif method in ("picmh", "picmh-released"):
                         experts = "trained" if method == "picmh" else "released"
                         add(method, n_bits, run_picmh(stream, n_bits, seed, args, experts), seed)
-                    elif method == "prompthash" and prompthash is not None:
-                        add("prompthash (joint)", n_bits, prompthash[n_bits], seed)
+            # PromptHash trains every length in one model: one run per seed, after the others
+            prompthash = run_prompthash(stream, seed, args) if "prompthash" in args.methods else None
+            for n_bits in args.bits if prompthash is not None else ():
+                add("prompthash (joint)", n_bits, prompthash[n_bits], seed)
         for (method, n_bits), runs in sorted(results.items(), key=lambda kv: (kv[0][1], _order(kv[0][0]))):
             lines.append(table_row(method, n_bits, _mean(runs)))
         lines.append("")
