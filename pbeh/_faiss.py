@@ -114,6 +114,9 @@ def omp_threads(n_threads: int | None) -> Iterator[None]:
         raise ValueError(f"n_threads: expected a positive int or None, got {n_threads!r}")
     faiss = _faiss()
     previous = int(faiss.omp_get_max_threads())
+    if previous == n_threads:
+        yield
+        return
     faiss.omp_set_num_threads(int(n_threads))
     try:
         yield

@@ -644,18 +644,19 @@ class SafetensorsBlockReader:
 
     Memory stays at one block. Use as a context manager; call :meth:`read_rows` for consecutive blocks of each
     tensor in the order of :attr:`order` (data offsets), then :meth:`finish`, which checks that every byte was read
-    and that the checksum matches (files without one are accepted).
+    and that the checksum matches (files without one are accepted). ``verify=False`` skips the checksum (hashing
+    costs about as much as reading a file from the page cache); the header checks remain.
 
     Raises:
         FormatError: from the checked header (:func:`read_safetensors_header`), the format version, a read error,
             or a checksum mismatch.
     """
 
-    def __init__(self, path: PathLike, *, kind: str, format_version: int) -> None:
+    def __init__(self, path: PathLike, *, kind: str, format_version: int, verify: bool = True) -> None:
         self.header = read_safetensors_header(path, kind=kind)
         check_format_version(path, self.header.metadata, format_version)
         self.order = [name for name, _ in sorted(self.header.tensors.items(), key=lambda item: item[1][2])]
-        self._stored = self.header.metadata.get(CHECKSUM_KEY)
+        self._stored = self.header.metadata.get(CHECKSUM_KEY) if verify else None
         self._digest = hashlib.sha256(_canonical_header(self.header.raw)) if self._stored is not None else None
         self._position = 0
         try:

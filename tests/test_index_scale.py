@@ -363,3 +363,25 @@ def test_ivf_index_saves_the_same_file_and_loads_into_any_backend(tmp_path: Path
     assert (tmp_path / "ivf.safetensors").read_bytes() == (tmp_path / "flat.safetensors").read_bytes()
     again = TruncatedHammingIndex.load(tmp_path / "flat.safetensors", backend="ivf")
     assert again.segments == ivf.segments
+
+
+def test_verify_false_skips_only_the_checksum(tmp_path: Path):
+    index = _mixed_index(np.random.default_rng(13))
+    path = tmp_path / "i.safetensors"
+    index.save(path)
+    data = bytearray(path.read_bytes())
+    (n_header,) = struct.unpack("<Q", data[:8])
+    data[8 + n_header + 5] ^= 0x40
+    path.write_bytes(bytes(data))
+    loaded = TruncatedHammingIndex.load(path, verify=False)  # the flipped bit is not detected
+    assert loaded.segments == index.segments
+    with pytest.raises(TypeError, match="verify"):
+        TruncatedHammingIndex.load(path, verify="no")
+    # structural checks still run without the checksum
+    tensors = {"codes.12": np.full((3, 2), 255, np.uint8), "ids.12": np.array([0, 1, 2], np.int64)}
+    meta = dict(
+        bit_order="big", segment_n_bits=[12], segment_sizes=[3], score="zscore", flip_probability=0.2, next_id=3
+    )
+    save_safetensors(tmp_path / "bad.safetensors", tensors, kind="index", format_version=1, metadata=meta)
+    with pytest.raises(FormatError, match="padding bits"):
+        TruncatedHammingIndex.load(tmp_path / "bad.safetensors", verify=False)

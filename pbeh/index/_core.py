@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import _faiss
-from .._validation import check_choice, check_codes, check_in_interval, check_int, check_positive_int
+from .._validation import check_bool, check_choice, check_codes, check_in_interval, check_int, check_positive_int
 from ..codes import Codes
 from . import _files
 from ._backends import Backend, resolve_backend
@@ -89,6 +89,7 @@ class TruncatedHammingIndex:
         self._backend = resolve_backend(backend)
         self._cache = TruncationCache(check_int(cache_bytes, "cache_bytes", minimum=0))
         self._segments: dict[int, Any] = self._backend.open_segments(self._cache)
+        self._tables: dict[tuple[str, tuple[int, ...]], tuple[list, list]] = {}
         self._next_id = max((int(seg.ids()[-1]) + 1 for seg in self._segments.values() if len(seg)), default=0)
 
     # ------------------------------------------------------------------ info
@@ -254,7 +255,7 @@ class TruncatedHammingIndex:
         seg.add(_faiss.pad_codes(packed, seg.code_size), new_ids if order is None else new_ids[order])
         self._next_id = max(self._next_id, int(new_ids.max()) + 1)
         _logger.debug("added %d codes of %d bits (index now %d items)", n, codes.n_bits, len(self))
-        return new_ids.copy()
+        return new_ids  # a new array: the segment stored its own copy
 
     def remove(self, ids: Iterable[int] | np.ndarray, *, missing: str = "raise") -> int:
         """Remove stored items by id; returns how many were removed.
@@ -315,6 +316,17 @@ class TruncatedHammingIndex:
         if nprobe is not None:
             nprobe = check_positive_int(nprobe, "nprobe")
         nq = len(query_codes)
+        segments = [self._segments[n_bits] for n_bits in sorted(self._segments)]
+        if len(segments) == 1 and nq and nq * k <= _CANDIDATES_PER_BLOCK and len(segments[0]) >= k:
+            # One segment holding at least k codes: its (distance, id) order is the answer (no merge, no fill).
+            seg = segments[0]
+            compared = min(query_codes.n_bits, seg.n_bits)
+            (table,), _ = self._score_tables(policy, (compared,))
+            packed = query_codes.packed if compared == query_codes.n_bits else query_codes.truncate(compared).packed
+            with _faiss.omp_threads(self._threads):
+                dist, found = seg.search(packed, compared, k, nprobe=nprobe)
+            if found.shape[1] == k and found.min() >= 0:
+                return SearchResult(found, dist, table[dist], np.full((nq, k), compared, np.int32), policy)
         ids = np.full((nq, k), FILL_ID, dtype=np.int64)
         distances = np.full((nq, k), FILL_DISTANCE, dtype=np.int32)
         scores = np.full((nq, k), FILL_SCORE, dtype=np.float64)
@@ -322,20 +334,16 @@ class TruncatedHammingIndex:
         if nq == 0 or not self._segments:
             return SearchResult(ids, distances, scores, n_compared, policy)
 
-        # Per segment: the compared length and the score of every possible distance 0..L (a lookup table); over all
-        # tables, the integer rank of every score (0 = best, equal scores share a rank) for the merge.
-        plan: list[tuple[Any, int, np.ndarray]] = []
-        for n_bits in sorted(self._segments):
-            seg = self._segments[n_bits]
-            compared = min(query_codes.n_bits, n_bits)
-            table = score_distances(np.arange(compared + 1), compared, policy, flip_probability=self._flip_probability)
-            plan.append((seg, compared, table))
-        values = np.unique(np.concatenate([table for _, _, table in plan]))
-        ranks = [len(values) - 1 - np.searchsorted(values, table) for _, _, table in plan]
+        compared_lengths = tuple(min(query_codes.n_bits, seg.n_bits) for seg in segments)
+        tables, ranks = self._score_tables(policy, compared_lengths)
+        plan = list(zip(segments, compared_lengths, tables, strict=True))
         n_candidates = sum(min(k, len(seg)) for seg, _, _ in plan)
         width = min(k, n_candidates)
         step = max(1, _CANDIDATES_PER_BLOCK // n_candidates)  # bounds the merge's memory for many queries
-        truncated = {compared: query_codes.truncate(compared).packed for _, compared, _ in plan}
+        truncated = {
+            compared: query_codes.packed if compared == query_codes.n_bits else query_codes.truncate(compared).packed
+            for compared in set(compared_lengths)
+        }
         with _faiss.omp_threads(self._threads):
             for start in range(0, nq, step):
                 rows = slice(start, min(nq, start + step))
@@ -343,6 +351,21 @@ class TruncatedHammingIndex:
                 block = {compared: packed[rows] for compared, packed in truncated.items()}
                 self._search_block(block, k, plan, ranks, views, nprobe)
         return SearchResult(ids, distances, scores, n_compared, policy)
+
+    def _score_tables(self, policy: str, compared_lengths: tuple[int, ...]) -> tuple[list, list]:
+        """Per segment, the score of every possible distance 0..L (a lookup table); over all tables, the integer rank
+        of every score (0 = best, equal scores share a rank) for the merge. Cached per (policy, lengths)."""
+        key = (policy, compared_lengths)
+        cached = self._tables.get(key)
+        if cached is None:
+            p = self._flip_probability
+            tables = [score_distances(np.arange(n + 1), n, policy, flip_probability=p) for n in compared_lengths]
+            values = np.unique(np.concatenate(tables))
+            ranks = [len(values) - 1 - np.searchsorted(values, table) for table in tables]
+            if len(self._tables) >= 64:
+                self._tables.clear()
+            cached = self._tables[key] = (tables, ranks)
+        return cached
 
     def _search_block(
         self,
@@ -435,16 +458,20 @@ class TruncatedHammingIndex:
         threads: int = 1,
         backend: str | Backend = "flat",
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        verify: bool = True,
     ) -> TruncatedHammingIndex:
         """Read an index written by :meth:`save` (score policy and ids included; nothing is unpickled).
 
         The file is read in blocks straight into the index's storage, so memory peaks near the loaded index's own
-        size. ``backend`` chooses where the loaded codes go (a Milvus backend must start empty).
+        size. ``backend`` chooses where the loaded codes go (a Milvus backend must start empty). ``verify=False``
+        skips the content checksum (SHA-256, about as costly as reading the file from the page cache) for trusted
+        files; every structural check (shapes, sorted and disjoint ids, padding bits, next_id) still runs.
 
         Raises:
             FormatError: the file is missing, truncated, damaged (checksum), of another format version, not a pbeh
                 index, or inconsistent (tensors that do not match the header, unsorted or negative ids, ...).
         """
+        verify = check_bool(verify, "verify")
         meta = _files.read_index_metadata(path)
         index = cls(
             score=meta["score"],
@@ -456,7 +483,7 @@ class TruncatedHammingIndex:
         if len(index):
             raise ValueError(f"backend: loading needs an empty backend, {index.backend!r} holds {len(index)} codes")
         index._segments = _files.load_segments(
-            path, meta, lambda n_bits: index._backend.new_segment(n_bits, index._cache)
+            path, meta, lambda n_bits: index._backend.new_segment(n_bits, index._cache), verify=verify
         )
         index._next_id = meta["next_id"]
         return index

@@ -57,14 +57,14 @@ def read_index_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def load_segments(
-    path: str | os.PathLike[str], meta: dict[str, Any], make_segment: Callable[[int], Any]
+    path: str | os.PathLike[str], meta: dict[str, Any], make_segment: Callable[[int], Any], *, verify: bool = True
 ) -> dict[int, Any]:
     """Read the segments of a saved index into new segments from ``make_segment(n_bits)``; every problem is a
     :class:`FormatError`."""
     where = repr(str(path))
     segments: dict[int, Any] = {}
     loaded: dict[int, tuple[list[np.ndarray], np.ndarray]] = {}
-    with SafetensorsBlockReader(path, kind=KIND, format_version=FORMAT_VERSION) as reader:
+    with SafetensorsBlockReader(path, kind=KIND, format_version=FORMAT_VERSION, verify=verify) as reader:
         tensors = reader.header.tensors
         expected = {f"{kind}.{n}" for n, _ in meta["segments"] for kind in ("codes", "ids")}
         if set(tensors) != expected:
@@ -147,6 +147,8 @@ def _check_disjoint(ids_by_length: dict[int, np.ndarray], where: str) -> None:
     for i, a in enumerate(lengths):
         for b in lengths[i + 1 :]:
             small, large = sorted((ids_by_length[a], ids_by_length[b]), key=len)
+            if small[-1] < large[0] or large[-1] < small[0]:  # disjoint ranges (e.g. lengths added one after another)
+                continue
             for start in range(0, small.size, _CHECK_ROWS):
                 part = small[start : start + _CHECK_ROWS]
                 pos = np.minimum(np.searchsorted(large, part), large.size - 1)

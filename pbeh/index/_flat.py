@@ -137,13 +137,13 @@ class _Run:
             used = self.n - (len(self.chunks) - 1) * self.chunk_rows if self.chunks else self.chunk_rows
             if used == self.chunk_rows:  # last chunk full (or none): open a new one
                 capacity = min(self.chunk_rows, max(b - done, 64))
-                self.chunks.append(np.zeros((capacity, self.code_size), dtype=np.uint8))
+                self.chunks.append(np.empty((capacity, self.code_size), dtype=np.uint8))  # rows past n: never read
                 self.serials.append(next(_serials))
                 used = 0
             chunk = self.chunks[-1]
             take = min(b - done, self.chunk_rows - used)
             if used + take > chunk.shape[0]:  # grow the last chunk geometrically
-                bigger = np.zeros(
+                bigger = np.empty(
                     (min(self.chunk_rows, max(used + take, 2 * chunk.shape[0])), self.code_size), np.uint8
                 )
                 bigger[:used] = chunk[:used]
@@ -316,8 +316,17 @@ class FlatSegment:
 
         Returns ``(distances int32 (nq, min(k, n)), ids int64 (nq, min(k, n)))``.
         """
-        width = _faiss.padded_code_size((compared + 7) // 8)
-        q = _faiss.pad_codes(np.ascontiguousarray(queries[:, : (compared + 7) // 8]), width)
+        n_bytes = (compared + 7) // 8
+        width = _faiss.padded_code_size(n_bytes)
+        q = (
+            queries
+            if queries.shape[1] == width
+            else _faiss.pad_codes(np.ascontiguousarray(queries[:, :n_bytes]), width)
+        )
+        if compared >= self.n_bits and len(self.runs) == 1 and len(self.runs[0].chunks) == 1:
+            run = self.runs[0]  # one chunk: faiss's (distance, position) order is (distance, id)
+            dist, pos = _faiss.knn_hamming(q, run.chunks[0][: run.n], min(k, run.n))
+            return dist, run.ids[pos]
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         for run in self.runs:
             for serial, codes, start in run.chunk_views():

@@ -53,7 +53,7 @@ def _import_pymilvus() -> Any:
     except ImportError:
         shim = types.ModuleType("pkg_resources")
 
-        class DistributionNotFound(Exception):  # noqa: N818 - the name milvus-lite imports
+        class DistributionNotFound(Exception):  # the name milvus-lite imports
             pass
 
         def get_distribution(name: str) -> Any:
@@ -246,7 +246,8 @@ class MilvusSegment:
         for start in range(0, len(ids), self.backend.batch_size):
             stop = min(len(ids), start + self.backend.batch_size)
             rows = [
-                {"id": int(i), "code": codes[j].tobytes()} for j, i in zip(range(start, stop), ids[start:stop].tolist())
+                {"id": int(i), "code": codes[j].tobytes()}
+                for j, i in zip(range(start, stop), ids[start:stop].tolist(), strict=True)
             ]
             self.client.insert(name, rows)
 
@@ -332,7 +333,7 @@ class MilvusSegment:
         ids = np.full((len(data), limit), -1, dtype=np.int64)
         for i, row in enumerate(hits):
             m = min(limit, len(row))
-            dist[i, :m] = [int(round(hit["distance"])) for hit in row[:m]]
+            dist[i, :m] = [round(hit["distance"]) for hit in row[:m]]
             ids[i, :m] = [int(hit["id"]) for hit in row[:m]]
         return dist, ids
 
