@@ -626,7 +626,7 @@ def save_safetensors_streaming(
                 arr = np.ascontiguousarray(block, dtype=little)
                 if arr.shape[1:] != shape[1:]:
                     raise ValueError(f"tensors[{name!r}]: a block of shape {arr.shape} does not fit shape {shape}")
-                view = memoryview(arr).cast("B")
+                view = arr.data.cast("B")
                 digest.update(view)
                 fh.write(view)
                 written += arr.nbytes
@@ -681,10 +681,12 @@ class SafetensorsBlockReader:
         """
         dtype, shape, begin, end = self.header.tensors[name]
         if out.dtype != dtype.newbyteorder("=") or out.shape[1:] != shape[1:] or not out.flags.c_contiguous:
-            raise ValueError(f"out: expected a C-contiguous {dtype} block of rows {shape[1:]}, got {out.dtype} {out.shape}")
+            raise ValueError(
+                f"out: expected a C-contiguous {dtype} block of rows {shape[1:]}, got {out.dtype} {out.shape}"
+            )
         if not begin <= self._position <= end or self._position + out.nbytes > end:
             raise ValueError(f"tensors[{name!r}]: blocks must be read consecutively, in file order")
-        view = memoryview(out).cast("B")
+        view = out.data.cast("B")
         try:
             got = self._fh.readinto(view)
         except OSError as exc:

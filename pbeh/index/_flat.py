@@ -25,10 +25,11 @@ built for the search and dropped. Changing a chunk drops its copies.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -40,7 +41,7 @@ __all__ = ["DEFAULT_CHUNK_BYTES", "FlatSegment", "TruncationCache", "truncate_pa
 _logger = logging.getLogger(__name__)
 
 #: Bytes of padded codes per chunk (the last chunk of a run grows up to this).
-DEFAULT_CHUNK_BYTES = 128 << 20
+DEFAULT_CHUNK_BYTES = 16 << 20
 _serials = itertools.count()
 
 
@@ -67,7 +68,7 @@ class TruncationCache:
         self._entries: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
         self.n_bytes = 0
 
-    def get(self, serial: int, n_bits: int, build) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def get(self, serial: int, n_bits: int, build: Callable[[], np.ndarray]) -> np.ndarray:
         """The cached copy for (chunk ``serial``, ``n_bits``), built with ``build()`` and cached if it fits."""
         key = (serial, n_bits)
         hit = self._entries.get(key)
@@ -311,7 +312,9 @@ class FlatSegment:
             run.drop(self.cache)
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, compared: int, k: int, **_: object) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, compared: int, k: int, *, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top ``k`` by (distance, id) of ``queries`` (packed, ``compared`` bits, zero-padded to any width).
 
         Returns ``(distances int32 (nq, min(k, n)), ids int64 (nq, min(k, n)))``.
@@ -331,9 +334,8 @@ class FlatSegment:
         for run in self.runs:
             for serial, codes, start in run.chunk_views():
                 if compared < self.n_bits:
-                    database = self.cache.get(
-                        serial, compared, lambda codes=codes: truncate_padded(codes, compared, width)
-                    )
+                    build = functools.partial(truncate_padded, codes, compared, width)
+                    database = self.cache.get(serial, compared, build)
                 else:
                     database = codes
                 dist, pos = _faiss.knn_hamming(q, database, min(k, codes.shape[0]))

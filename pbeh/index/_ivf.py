@@ -69,7 +69,7 @@ class IVFSegment(FlatSegment):
         )
 
     def search(
-        self, queries: np.ndarray, compared: int, k: int, *, nprobe: int | None = None, **_: object
+        self, queries: np.ndarray, compared: int, k: int, *, nprobe: int | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         if compared < self.n_bits or len(self) < self.options.min_size:
             return super().search(queries, compared, k)

@@ -306,7 +306,9 @@ class MilvusSegment:
         return name
 
     # ------------------------------------------------------------------ search
-    def search(self, queries: np.ndarray, compared: int, k: int, **_: object) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, compared: int, k: int, *, nprobe: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top ``k`` by (distance, id) on the first ``compared`` bits."""
         kk = min(k, len(self))
         if kk > MAX_TOPK:
