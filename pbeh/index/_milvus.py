@@ -130,6 +130,13 @@ class MilvusBackend(Backend):
             self._client.close()
             self._client = None
 
+    def orm_collection(self, name: str) -> Any:
+        """The ``pymilvus.Collection`` of ``name`` on the client's connection (for column-wise inserts), or None."""
+        alias = getattr(self.client, "_using", None)
+        if alias is None:  # pragma: no cover - depends on the pymilvus version
+            return None
+        return _import_pymilvus().Collection(name, using=alias)
+
     def collection(self, n_bits: int, compared: int | None = None) -> str:
         return f"{self.prefix}_{n_bits}" if compared is None else f"{self.prefix}_{n_bits}_as_{compared}"
 
@@ -243,13 +250,17 @@ class MilvusSegment:
 
     # ------------------------------------------------------------------ changes
     def _insert(self, name: str, codes: np.ndarray, ids: np.ndarray) -> None:
+        """Insert in batches, column-wise: pymilvus's row-wise path appends each binary vector to a growing bytes
+        object (quadratic in the batch), its column-wise path joins them once (about 2x the rows/s here)."""
+        collection = self.backend.orm_collection(name)
         for start in range(0, len(ids), self.backend.batch_size):
             stop = min(len(ids), start + self.backend.batch_size)
-            rows = [
-                {"id": int(i), "code": codes[j].tobytes()}
-                for j, i in zip(range(start, stop), ids[start:stop].tolist(), strict=True)
-            ]
-            self.client.insert(name, rows)
+            batch_ids = ids[start:stop].tolist()
+            vectors = [codes[j].tobytes() for j in range(start, stop)]
+            if collection is not None:
+                collection.insert([batch_ids, vectors])
+            else:  # pragma: no cover - a pymilvus without the client's connection alias
+                self.client.insert(name, [{"id": i, "code": v} for i, v in zip(batch_ids, vectors, strict=True)])
 
     def add(self, padded: np.ndarray, ids: np.ndarray) -> None:
         """Insert codes (``uint8 (n, ceil(n_bits / 8))``) under ascending new ``ids`` into the segment and its views."""
