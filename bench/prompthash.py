@@ -41,8 +41,17 @@ VARIANTS = {
     "joint-nested": {"mode": "default", "protocol": "joint", "nested": True},
     "continual": {"mode": "default", "protocol": "continual", "nested": False},
 }
-COLUMNS = ("mean_i2t", "mean_t2i", "bwt_i2t", "bwt_t2i", "unified_i2t", "unified_t2i", "unified_i2t_tie_avg",
-           "unified_t2i_tie_avg", "unified_chance")
+COLUMNS = (
+    "mean_i2t",
+    "mean_t2i",
+    "bwt_i2t",
+    "bwt_t2i",
+    "unified_i2t",
+    "unified_t2i",
+    "unified_i2t_tie_avg",
+    "unified_t2i_tie_avg",
+    "unified_chance",
+)
 
 
 def _cell(values: list) -> str:
@@ -52,6 +61,34 @@ def _cell(values: list) -> str:
     mean = sum(values) / len(values)
     half = (max(values) - min(values)) / 2
     return f"{mean:.3f} ± {half:.3f}" if len(values) > 1 else f"{mean:.3f}"
+
+
+def tabulate(runs: list[dict], bits: list[int]) -> list[str]:
+    """Markdown tables, one per dataset: per variant and length the mean ± half-range over the runs' seeds."""
+    lines: list[str] = []
+    for name in dict.fromkeys(r["dataset"] for r in runs):
+        seeds = sorted({r["seed"] for r in runs if r["dataset"] == name})
+        lines += [
+            f"## {name} (seeds {seeds})",
+            "",
+            "| variant | bits | " + " | ".join(COLUMNS) + " | bytes | seconds |",
+            "|" + "---|" * (len(COLUMNS) + 4),
+        ]
+        for variant in VARIANTS:
+            per_seed = [r for r in runs if r["dataset"] == name and r.get("variant") == variant]
+            if not per_seed:
+                continue
+            label = f"{variant} (PARITY)" if VARIANTS[variant]["mode"] == "parity" else variant
+            for k in bits:
+                cells = [_cell([r["results"][str(k)][c] for r in per_seed]) for c in COLUMNS]
+                seconds = sum(r["seconds"] for r in per_seed) / len(per_seed)
+                lines.append(
+                    f"| {label} | {k} | "
+                    + " | ".join(cells)
+                    + f" | {per_seed[0]['results'][str(k)]['bytes_per_item']} | {seconds:.1f} |"
+                )
+        lines.append("")
+    return lines
 
 
 def main() -> int:
@@ -68,46 +105,52 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
     parser.add_argument("--json", type=Path, default=None, help="write every run's result dict as JSON here")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="tabulate the runs saved by earlier --json calls instead of training",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    runs = []
+    if args.from_json:
+        for path in args.from_json:
+            runs.extend(json.loads(path.read_text()))
+    else:
+        for name in args.datasets:
+            stream = DATASETS[name](args.data_dir)
+            print(stream.describe(), flush=True)
+            for variant in args.variants:
+                for seed in args.seeds:
+                    result = run_on_stream(
+                        stream,
+                        n_bits=tuple(args.bits),
+                        seed=seed,
+                        epochs=args.epochs,
+                        dim=args.dim,
+                        batch_size=args.batch_size,
+                        lr=args.lr,
+                        **VARIANTS[variant],
+                    )
+                    result["variant"] = variant
+                    runs.append(result)
+                    print(f"{name} {variant} seed {seed}: {result['seconds']:.1f} s", flush=True)
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     lines = [
         "# PromptHash benchmark",
         "",
         f"`{command}` on {platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}, "
-        f"{args.threads} thread(s), {time.strftime('%Y-%m-%d')}. Fusion width {args.dim}, {args.epochs} epochs "
-        f"(per task when continual), batch {args.batch_size}, lr {args.lr}, released loss weights, seeds {args.seeds}. "
+        f"{args.threads} thread(s), {time.strftime('%Y-%m-%d')}. Fusion width {sorted({r['dim'] for r in runs})}, "
+        f"{sorted({r['epochs'] for r in runs})} epochs "
+        f"(per task when continual), batch {args.batch_size}, lr {args.lr}, released loss weights. "
         "Rows marked PARITY encode every item with its paired modality and its ground-truth labels, attention "
         "across batches of 128 (the released test-time encoding): not comparable with the other rows.",
         "",
     ]
-    runs = []
-    for name in args.datasets:
-        stream = DATASETS[name](args.data_dir)
-        print(stream.describe(), flush=True)
-        lines += [f"## {name}", "", "| variant | bits | " + " | ".join(COLUMNS) + " | bytes | seconds |",
-                  "|" + "---|" * (len(COLUMNS) + 4)]
-        for variant in args.variants:
-            per_seed = []
-            for seed in args.seeds:
-                result = run_on_stream(
-                    stream, n_bits=tuple(args.bits), seed=seed, epochs=args.epochs, dim=args.dim,
-                    batch_size=args.batch_size, lr=args.lr, **VARIANTS[variant],
-                )
-                result["variant"] = variant
-                runs.append(result)
-                per_seed.append(result)
-                print(f"{name} {variant} seed {seed}: {result['seconds']:.1f} s", flush=True)
-            label = f"{variant} (PARITY)" if VARIANTS[variant]["mode"] == "parity" else variant
-            for k in args.bits:
-                cells = [_cell([r["results"][str(k)][c] for r in per_seed]) for c in COLUMNS]
-                seconds = sum(r["seconds"] for r in per_seed) / len(per_seed)
-                row = (f"| {label} | {k} | " + " | ".join(cells)
-                       + f" | {per_seed[0]['results'][str(k)]['bytes_per_item']} | {seconds:.1f} |")
-                print(row, flush=True)
-                lines.append(row)
-        lines.append("")
+    lines += tabulate(runs, args.bits)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -130,7 +130,8 @@ def test_caption_embeddings_with_tiny_clip():
     tok = tiny_clip_tokenizer()
     encoder = CLIPEncoder(tiny_clip_model(tok), tok, tiny_clip_processor(), device="cpu")
     emb = caption_embeddings(["cat", "dog"], encoder)
-    assert emb.shape == (2, 32) and not np.allclose(emb[0], emb[1])
+    assert emb.shape == (2, 32)
+    assert not np.allclose(emb[0], emb[1])
     model = PromptHash(12, 6, emb, n_bits=8, **SMALL)
     assert model.encode(np.ones((2, 12), np.float32), "image").n_bits == 8
 
@@ -141,12 +142,15 @@ def test_heads_nested_prefix_and_separate():
     x = torch.randn(4, 8)
     nested = HashHeads(8, lengths=(16, 4, 8), nested=True, aux_bits=0)
     out = nested(x)
-    assert nested.lengths == (4, 8, 16) and "aux" not in out
+    assert nested.lengths == (4, 8, 16)
+    assert "aux" not in out
     for k in (4, 8):
         assert torch.equal(out[k], out[16][:, :k])
     separate = HashHeads(8, lengths=(4, 8), aux_bits=12)
     out = separate(x)
-    assert out[4].shape == (4, 4) and out["aux"].shape == (4, 12) and out[4].abs().max() < 1
+    assert out[4].shape == (4, 4)
+    assert out["aux"].shape == (4, 12)
+    assert out[4].abs().max() < 1
     assert not torch.allclose(out[4], out[8][:, :4])
     with pytest.raises(ValueError, match=r"n_bits: expected one of the trained lengths \[4, 8\], got 5"):
         separate.check_length(5)
@@ -210,7 +214,8 @@ def test_parity_codes_depend_on_batch_labels_and_partner():
     img_b, _ = model.encode_paired(image, text, labels, n_bits=16, batch_size=7)
     other = np.roll(labels, 1, axis=1)
     img_c, _ = model.encode_paired(image, text, other, n_bits=16, batch_size=len(image))
-    assert img_a != img_b and img_a != img_c  # batch and labels change an image's code: a leak, hence "parity"
+    assert img_a != img_b  # batch and labels change an image's code: a leak, hence "parity"
+    assert img_a != img_c
     with pytest.raises(ValueError, match="mode: encode needs a 'default'-mode model"):
         model.encode(image, "image")
     with pytest.raises(ValueError, match="mode: encode_paired needs a 'parity'-mode model"):
@@ -233,7 +238,7 @@ def test_input_errors_name_the_argument():
         _model(mode="honest")
     with pytest.raises(ValueError, match=r"n_bits: expected one of the trained lengths \[8, 16\], got 12"):
         model.encode(np.zeros((1, 6), np.float32), "text", n_bits=12)
-    with pytest.raises(TypeError, match="train: expected a pbeh.data.Split"):
+    with pytest.raises(TypeError, match=r"train: expected a pbeh\.data\.Split"):
         fit(model, np.zeros((3, 12)))
     with pytest.raises(TypeError, match="model: expected a PromptHash"):
         fit(object(), _task())
@@ -288,7 +293,8 @@ def test_save_load_identical_codes_and_bytes(tmp_path, options):
     fit(model, (image, text, labels), epochs=1, batch_size=16, seed=0)
     model.save_pretrained(tmp_path / "a")
     loaded = PromptHash.from_pretrained(tmp_path / "a")
-    assert loaded.get_config() == model.get_config() and loaded.centered
+    assert loaded.get_config() == model.get_config()
+    assert loaded.centered
     if model.mode == "default":
         for k in (8, 16):
             assert loaded.encode(image, "image", n_bits=k) == model.encode(image, "image", n_bits=k)
@@ -336,47 +342,78 @@ def test_run_on_stream_joint_and_continual_against_direct_metrics():
 
     stream = _stream()
     emb = _embeddings(stream.n_classes)
-    kwargs = {"n_bits": (8, 16), "class_embeddings": emb, "epochs": 2, "dim": 16, "seed": 1,
-              "model_kwargs": {"n_heads": 2, "aux_bits": 16}}
+    kwargs = {
+        "n_bits": (8, 16),
+        "class_embeddings": emb,
+        "epochs": 2,
+        "dim": 16,
+        "seed": 1,
+        "model_kwargs": {"n_heads": 2, "aux_bits": 16},
+    }
     joint = run_on_stream(stream, **kwargs)
-    assert joint["label"] == "default" and joint["protocol"] == "joint"
+    assert joint["label"] == "default"
+    assert joint["protocol"] == "joint"
     r = joint["results"]["16"]
-    assert r["R_i2t"][0] == [None, None] and r["bwt_i2t"] is None
+    assert r["R_i2t"][0] == [None, None]
+    assert r["bwt_i2t"] is None
     assert r["mean_i2t"] == pytest.approx(np.mean(r["R_i2t"][1]))
     # the same numbers by hand: retrain with the same seed, encode, score
     model = PromptHash(stream.image_dim, stream.text_dim, emb, n_bits=(8, 16), dim=16, seed=1, n_heads=2, aux_bits=16)
     fit(model, stream.joint().train, epochs=2, seed=1)
     task = stream[1]
-    want = map_at_k(model.encode(task.query.image, "image", n_bits=16), model.encode(task.database.text, "text",
-                    n_bits=16), task.query.labels, task.database.labels, ties="average")
+    want = map_at_k(
+        model.encode(task.query.image, "image", n_bits=16),
+        model.encode(task.database.text, "text", n_bits=16),
+        task.query.labels,
+        task.database.labels,
+        ties="average",
+    )
     assert r["R_i2t"][1][1] == pytest.approx(want)
     db = stream.joint().database
     queries = stream.joint().query
-    want_unified = map_at_k(model.encode(queries.text, "text", n_bits=16), model.encode(db.image, "image", n_bits=16),
-                            queries.labels, db.labels, ties="average")
+    want_unified = map_at_k(
+        model.encode(queries.text, "text", n_bits=16),
+        model.encode(db.image, "image", n_bits=16),
+        queries.labels,
+        db.labels,
+        ties="average",
+    )
     assert r["unified_t2i_tie_avg"] == pytest.approx(want_unified)
     assert 0 < r["unified_chance"] < 1
 
     cont = run_on_stream(stream, protocol="continual", **kwargs)
     rc = cont["results"]["8"]
-    assert rc["R_i2t"][0][0] is not None and rc["R_i2t"][0][1] is None and rc["bwt_i2t"] is not None
+    assert rc["R_i2t"][0][0] is not None
+    assert rc["R_i2t"][0][1] is None
+    assert rc["bwt_i2t"] is not None
     assert rc["bwt_i2t"] == pytest.approx(rc["R_i2t"][1][0] - rc["R_i2t"][0][0])
 
     parity = run_on_stream(stream, mode="parity", **kwargs)
     assert parity["label"] == "parity"
     nested = run_on_stream(stream, nested=True, **kwargs)
-    assert nested["method"] == "prompthash-nested" and nested["results"]["8"]["bytes_per_item"] == 2
+    assert nested["method"] == "prompthash-nested"
+    assert nested["results"]["8"]["bytes_per_item"] == 2
     with pytest.raises(ValueError, match="protocol: expected one of"):
         run_on_stream(stream, protocol="online", **kwargs)
-    with pytest.raises(TypeError, match="stream: expected a pbeh.data.TaskStream"):
+    with pytest.raises(TypeError, match=r"stream: expected a pbeh\.data\.TaskStream"):
         run_on_stream([stream[0]], **kwargs)
 
 
 def test_codes_type_round_trip_into_index():
-    image, text, labels = _task()
+    image, _, _ = _task()
     model = _model()
     codes = model.encode(image, "image")
     assert isinstance(codes, Codes)
     index = TruncatedHammingIndex()
     ids = index.add(codes, ids=np.arange(100, 100 + len(codes)))
     assert index.get_codes(ids) == codes
+
+
+@pytest.mark.parametrize("module", ["fusion", "prompts", "heads", "model", "fit"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"pbeh.models.prompthash.{module}"))
+    assert result.attempted > 0
+    assert result.failed == 0

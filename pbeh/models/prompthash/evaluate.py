@@ -127,7 +127,7 @@ def run_on_stream(
         seed=seed,
         **(model_kwargs or {}),
     )
-    fit_options = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weights": weights}
+    fit_options: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weights": weights}
     tasks = list(stream)
     n_tasks = len(tasks)
     stored_lengths = (lengths[-1],) if nested else lengths

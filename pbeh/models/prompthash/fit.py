@@ -55,7 +55,7 @@ def _as_training_arrays(train: Split | Sequence[Any]) -> tuple[np.ndarray, np.nd
 
 
 def _warmup_cosine(step: int, total: int, warmup: float) -> float:
-    warm = max(1, int(round(warmup * total)))
+    warm = max(1, round(warmup * total))
     if step < warm:
         return (step + 1) / warm
     progress = (step - warm) / max(1, total - warm)
@@ -146,7 +146,7 @@ def fit(
             for start in range(0, n, batch_size):
                 rows = order[start : start + batch_size]
                 terms = _batch_loss(model, buffers, weights, image[rows], text[rows], labels[rows], labels, rows)
-                loss = sum(terms.values())
+                loss = torch.stack(list(terms.values())).sum()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
@@ -193,19 +193,23 @@ def _batch_loss(
         buffers.update(key, rows, h_i, h_t)
         buf_i, buf_t = buffers.image[key], buffers.text[key]
         group = w.aux if key == "aux" else 1.0
-        terms[f"intra_{key}"] = group * w.intra * (
-            bayesian_pairwise_loss(buf_i, h_i, similarity) + bayesian_pairwise_loss(buf_t, h_t, similarity)
+        terms[f"intra_{key}"] = (
+            group
+            * w.intra
+            * (bayesian_pairwise_loss(buf_i, h_i, similarity) + bayesian_pairwise_loss(buf_t, h_t, similarity))
         )
-        terms[f"inter_{key}"] = group * w.inter * (
-            bayesian_pairwise_loss(buf_i, h_t, similarity) + bayesian_pairwise_loss(buf_t, h_i, similarity)
+        terms[f"inter_{key}"] = (
+            group
+            * w.inter
+            * (bayesian_pairwise_loss(buf_i, h_t, similarity) + bayesian_pairwise_loss(buf_t, h_i, similarity))
         )
         target = buffers.targets[key][rows]
-        terms[f"quantization_{key}"] = group * w.quantization * (
-            quantization_loss(h_i, target) + quantization_loss(h_t, target)
+        terms[f"quantization_{key}"] = (
+            group * w.quantization * (quantization_loss(h_i, target) + quantization_loss(h_t, target))
         )
     if model.aux_bits and w.reconstruction:
         target = buffers.targets["aux"][rows]
-        recon = 0.0
+        recon = torch.zeros((), dtype=image.dtype, device=image.device)
         for k in model.lengths:
             for out in (out_i, out_t):
                 recon = recon + F.mse_loss(model.heads.decode(k, out["hashes"][k]), target, reduction="sum") / len(rows)
@@ -215,7 +219,7 @@ def _batch_loss(
         terms["global_alignment"] = w.alignment * w.global_alignment * info_nce(feat_i, feat_t, w.temperature_global)
     if w.local_alignment:
         feat_p = F.normalize(prompt_feature, dim=-1)
-        terms["local_alignment"] = w.alignment * w.local_alignment * prompt_affinity_loss(
-            feat_i, feat_p, w.temperature_local
+        terms["local_alignment"] = (
+            w.alignment * w.local_alignment * prompt_affinity_loss(feat_i, feat_p, w.temperature_local)
         )
     return terms

@@ -29,6 +29,7 @@ The LayerNorm before the mixer follows the common ``MambaLayer`` wrapper [inferr
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +108,9 @@ class GatedFusion(nn.Module):
         self.dim = check_positive_int(dim, "dim")
         self.n_heads = check_positive_int(n_heads, "n_heads")
         if (2 * self.dim) % self.n_heads:
-            raise ValueError(f"n_heads: expected a divisor of the transformer width 2*dim={2 * self.dim}, got {n_heads}")
+            raise ValueError(
+                f"n_heads: expected a divisor of the transformer width 2*dim={2 * self.dim}, got {n_heads}"
+            )
         self.d_state = check_positive_int(d_state, "d_state")
         self.d_conv = check_positive_int(d_conv, "d_conv")
         self.expand = check_positive_int(expand, "expand")
@@ -141,7 +144,9 @@ class GatedFusion(nn.Module):
         """The gated state-space part alone: ``(B, T, dim)`` tokens to ``(B, T, dim)`` (before the shortcut)."""
         return self.out_proj(self.token_grn(self.mixer(self.norm(tokens))))
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, *, batch_mode: str = "sample") -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, a: torch.Tensor, b: torch.Tensor, *, batch_mode: str = "sample"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Fused ``(a'', b'')``, each ``(B, dim)``, jointly L2-normalised (``||[a'' ; b'']|| = 1``)."""
         check_choice(batch_mode, "batch_mode", BATCH_MODES)
         if a.shape != b.shape or a.ndim != 2 or a.shape[1] != self.dim:
@@ -161,7 +166,7 @@ class GatedFusion(nn.Module):
         return z[:, : self.dim], z[:, self.dim :]
 
 
-def reference_selective_scan(mixer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+def reference_selective_scan(mixer: Any, hidden_states: torch.Tensor) -> torch.Tensor:
     """A plain sequential-scan reference of ``MambaMixer.forward`` (no cache, no mask), written from the Mamba
     equations, for tests: a loop over time steps, no parallel scan and no fused kernel.
 

@@ -78,7 +78,7 @@ class HashHeads(nn.Module):
     Example:
         >>> heads = HashHeads(8, lengths=(4, 8), nested=True, aux_bits=16)
         >>> out = heads(torch.randn(3, 8))
-        >>> sorted(out), torch.equal(out[4], out[8][:, :4])
+        >>> list(out), torch.equal(out[4], out[8][:, :4])
         ([4, 8, 'aux'], True)
         >>> heads.decode(4, out[4]).shape
         torch.Size([3, 16])
@@ -117,7 +117,9 @@ class HashHeads(nn.Module):
         n_bits = check_positive_int(n_bits, "n_bits")
         if n_bits in self.lengths:
             return n_bits
-        hint = f"; nested codes: truncate the {self.max_bits}-bit code" if self.nested and n_bits < self.max_bits else ""
+        hint = (
+            f"; nested codes: truncate the {self.max_bits}-bit code" if self.nested and n_bits < self.max_bits else ""
+        )
         raise ValueError(f"n_bits: expected one of the trained lengths {list(self.lengths)}, got {n_bits}{hint}")
 
     def logits(self, features: torch.Tensor, n_bits: int) -> torch.Tensor:

@@ -124,8 +124,9 @@ class CodeBuffers:
         nested: initialise shorter buffers as prefixes of the longest (so nested prefixes stay consistent).
     """
 
-    def __init__(self, n_items: int, lengths: list[int | str], *, aux_bits: int, generator: torch.Generator,
-                 nested: bool = False) -> None:
+    def __init__(
+        self, n_items: int, lengths: list[int | str], *, aux_bits: int, generator: torch.Generator, nested: bool = False
+    ) -> None:
         self.image: dict[int | str, torch.Tensor] = {}
         self.text: dict[int | str, torch.Tensor] = {}
         numeric = sorted(k for k in lengths if isinstance(k, int))

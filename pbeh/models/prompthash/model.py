@@ -81,6 +81,9 @@ class PromptHash(nn.Module):
         (4, 5)
     """
 
+    image_mean: torch.Tensor
+    text_mean: torch.Tensor
+
     def __init__(
         self,
         image_dim: int,
@@ -113,7 +116,7 @@ class PromptHash(nn.Module):
         self.center_features = check_bool(center_features, "center_features")
         self.centered = False
         self.seed = check_int(seed, "seed")
-        self._options = {
+        self._options: dict[str, Any] = {
             "n_mlp_blocks": check_int(n_mlp_blocks, "n_mlp_blocks", minimum=0),
             "dropout": check_real(dropout, "dropout"),
             "aux_bits": check_int(aux_bits, "aux_bits", minimum=0),
@@ -140,7 +143,9 @@ class PromptHash(nn.Module):
                 expand=o["expand"],
                 dropout=o["fusion_dropout"],
             )
-            self.mlp = ResidualMLP(self.dim, hidden_dim=self.hidden_dim, n_blocks=o["n_mlp_blocks"], dropout=o["dropout"])
+            self.mlp = ResidualMLP(
+                self.dim, hidden_dim=self.hidden_dim, n_blocks=o["n_mlp_blocks"], dropout=o["dropout"]
+            )
             self.heads = HashHeads(self.dim, lengths=self.lengths, nested=o["nested"], aux_bits=o["aux_bits"])
 
     # ------------------------------------------------------------------ introspection
@@ -185,7 +190,9 @@ class PromptHash(nn.Module):
         if not features.is_floating_point():
             raise TypeError(f"{name}: expected floating-point {modality} features, got dtype {features.dtype}")
         if features.ndim != 2 or features.shape[1] != width:
-            raise ValueError(f"{name}: expected shape (batch, {width}) for {modality} features, got {tuple(features.shape)}")
+            raise ValueError(
+                f"{name}: expected shape (batch, {width}) for {modality} features, got {tuple(features.shape)}"
+            )
         if not torch.isfinite(features).all():
             raise ValueError(f"{name}: expected finite {modality} features, found NaN or inf")
         return features.to(device=self.device, dtype=self.dtype)
@@ -195,7 +202,9 @@ class PromptHash(nn.Module):
         if isinstance(labels, np.ndarray):
             labels = torch.from_numpy(np.ascontiguousarray(labels))
         if not isinstance(labels, torch.Tensor):
-            raise TypeError(f"labels: expected a multi-hot array (batch, {self.n_classes}), got {type(labels).__name__}")
+            raise TypeError(
+                f"labels: expected a multi-hot array (batch, {self.n_classes}), got {type(labels).__name__}"
+            )
         if labels.shape != (n_rows, self.n_classes):
             raise ValueError(f"labels: expected shape ({n_rows}, {self.n_classes}), got {tuple(labels.shape)}")
         return labels.to(device=self.device, dtype=self.dtype)
@@ -386,7 +395,9 @@ class PromptHash(nn.Module):
         _logger.info("saved PromptHash (%s, lengths %s) to %s", self.mode, list(self.lengths), directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> PromptHash:
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+    ) -> PromptHash:
         """Load a model written by :meth:`save_pretrained` (eval mode). Nothing is unpickled.
 
         Raises:

@@ -64,10 +64,14 @@ def caption_embeddings(
     if not isinstance(template, str) or template.count("{}") != 1:
         raise ValueError(f"template: expected a str with exactly one '{{}}' for the class name, got {template!r}")
     if not callable(getattr(encoder, "encode_texts", None)):
-        raise TypeError(f"encoder: expected a text encoder with encode_texts (pbeh.encoders), got {type(encoder).__name__}")
+        raise TypeError(
+            f"encoder: expected a text encoder with encode_texts (pbeh.encoders), got {type(encoder).__name__}"
+        )
     captions = [template.format(n.replace("_", " ")) for n in names]
     out = np.asarray(
-        encoder.encode_texts(captions, batch_size=check_positive_int(batch_size, "batch_size"), show_progress_bar=False),
+        encoder.encode_texts(
+            captions, batch_size=check_positive_int(batch_size, "batch_size"), show_progress_bar=False
+        ),
         dtype=np.float32,
     )
     if out.ndim != 2 or out.shape[0] != len(names):
@@ -91,6 +95,8 @@ class AffinityPrompt(nn.Module):
         >>> prompt(caption).shape, logits.shape
         (torch.Size([5, 8]), torch.Size([5, 3]))
     """
+
+    class_embeddings: torch.Tensor
 
     def __init__(self, class_embeddings: Any, *, dim: int, context_std: float = 0.02) -> None:
         super().__init__()
