@@ -739,7 +739,10 @@ def _import_h5py() -> Any:
     try:
         import h5py
     except ImportError as exc:
-        raise ImportError("reading MATLAB v7.3 (HDF5) .mat files needs h5py: pip install pbeh[data]") from exc
+        raise ImportError(
+            "reading MATLAB v7.3 (HDF5) .mat files needs h5py: pip install pbeh[data] (from a clone of the "
+            'repository: pip install ".[data]")'
+        ) from exc
     return h5py
 
 
@@ -1076,11 +1079,18 @@ def _read_cell(mat: _MatFile, key: str) -> list[np.ndarray]:
     """The entries of a MATLAB cell array (v5 via pbeh's checked reader, v7.3 via h5py references), in MATLAB order."""
     if mat.hdf5:
         h5py = _import_h5py()
-        with h5py.File(mat.path, "r") as fh:
-            refs = np.asarray(fh[key][()])
-            if refs.dtype != h5py.ref_dtype and refs.dtype != object:
-                raise FormatError(f"{mat.path}: key {key!r} is not a cell array (dtype {refs.dtype})")
-            return [np.asarray(fh[ref][()]).T for ref in refs.T.ravel()]
+        try:
+            with h5py.File(mat.path, "r") as fh:
+                refs = np.asarray(fh[key][()])
+                if refs.dtype != h5py.ref_dtype and refs.dtype != object:
+                    raise FormatError(f"{mat.path}: key {key!r} is not a cell array (dtype {refs.dtype})")
+                return [np.asarray(fh[ref][()]).T for ref in refs.T.ravel()]
+        except FormatError:
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError, AttributeError) as exc:
+            raise FormatError(
+                f"{mat.path}: could not read the cell array {key!r} ({type(exc).__name__}: {exc})"
+            ) from exc
     cell = mat._v5.read(key, cells=True)
     if cell.dtype != object:
         raise FormatError(f"{mat.path}: key {key!r} is not a cell array (dtype {cell.dtype})")

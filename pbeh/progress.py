@@ -3,7 +3,8 @@
 pbeh reports through :mod:`logging` (logger ``"pbeh"`` and its children) and installs no handler, so by default a
 Python session shows only warnings. ``pbeh.show_progress()`` attaches one handler to the ``"pbeh"`` logger (never the
 root logger, so other libraries' chatter, such as faiss's loader messages, stays hidden): the trainer's per-task
-results, resumption, code extensions and the readers' notes then print to stderr. ``pbeh.show_progress(False)``
+results, resumption and code extensions, and every pbeh warning, then print to stderr; ``level="DEBUG"`` adds the
+internal notes of the other modules (prompt pools, saved files, policy details). ``pbeh.show_progress(False)``
 removes it. Progress bars over epochs are a per-trainer option: ``TrainerConfig(show_progress=True)``.
 
 Example:
@@ -25,6 +26,15 @@ from typing import TextIO
 __all__ = ["show_progress"]
 
 _MARK = "_pbeh_show_progress"
+#: Loggers whose INFO lines are progress (per-task results, resumption, extensions); other modules' INFO lines are
+#: internal notes shown only with ``level="DEBUG"``.
+_PROGRESS_LOGGERS = ("pbeh.trainer", "pbeh.retriever")
+
+
+def _is_progress(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name in _PROGRESS_LOGGERS
+
+
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING}
 
 
@@ -33,7 +43,8 @@ def show_progress(enabled: bool = True, *, level: str = "INFO", stream: TextIO |
 
     Args:
         enabled: ``True`` attaches the handler (replacing one attached before), ``False`` removes it.
-        level: ``"INFO"`` (per-task lines, default), ``"DEBUG"`` or ``"WARNING"``.
+        level: ``"INFO"`` (per-task lines and warnings, default), ``"DEBUG"`` (every pbeh message) or
+            ``"WARNING"`` (warnings only).
         stream: where to write (default ``sys.stderr``).
 
     Returns:
@@ -52,6 +63,8 @@ def show_progress(enabled: bool = True, *, level: str = "INFO", stream: TextIO |
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(logging.Formatter("pbeh: %(message)s"))
     handler.setLevel(_LEVELS[level])
+    if level == "INFO":
+        handler.addFilter(_is_progress)
     setattr(handler, _MARK, True)
     logger.addHandler(handler)
     if logger.getEffectiveLevel() > _LEVELS[level]:
