@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .hasher import ExtensibleHasher
     from .losses import LossWeights
     from .model import CrossModalHashModel
-    from .prompts import PromptPool
     from .progress import show_progress
+    from .prompts import PromptPool
     from .retriever import Retriever
     from .trainer import ContinualTrainer, TaskReport, TrainerConfig
 

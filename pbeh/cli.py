@@ -35,7 +35,6 @@ __all__ = ["main"]
 _logger = logging.getLogger("pbeh")
 
 _FILE_PROTOCOLS = ("npz", "all-mat", "train-test-mat")
-_METHODS = ("pbeh", "pbeh-no-stored", "pbeh-reference", "fixed-length", "finetune", "joint")
 _RESUME_HINT = "rerun the same command to resume from the last completed task"
 
 _THREADS_HELP = (
@@ -60,10 +59,22 @@ def _config_default(name: str) -> Any:
     raise KeyError(name)  # pragma: no cover - a renamed field shows up in the tests
 
 
+def _has_config_field(name: str) -> bool:
+    from .trainer import TrainerConfig
+
+    return any(f.name == name for f in dataclasses.fields(TrainerConfig))
+
+
 def _for_stream_default(name: str) -> Any:
     from .trainer import ContinualTrainer
 
     return inspect.signature(ContinualTrainer.for_stream).parameters[name].default
+
+
+def _methods() -> tuple[str, ...]:
+    from .baselines import METHODS
+
+    return tuple(METHODS)
 
 
 def _build_trainer_default(name: str) -> Any:
@@ -99,7 +110,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--method",
         default="pbeh",
-        choices=_METHODS,
+        choices=_methods(),
         help="pbeh's defaults, the reference recipe, or a baseline (see pbeh.baselines; default: pbeh)",
     )
     train.add_argument(
@@ -173,6 +184,14 @@ def _parser() -> argparse.ArgumentParser:
         default=_config_default("seed"),
         help="seeds the model, the minibatch order and the validation split (default: %(default)s)",
     )
+    if _has_config_field("prototype_replay"):
+        train.add_argument(
+            "--prototype-replay",
+            type=int,
+            default=_config_default("prototype_replay"),
+            help="pseudo items of earlier tasks' classes added to every minibatch from the second task on; 0 switches "
+            "it off (default: %(default)s)",
+        )
     train.add_argument("--threads", type=int, default=1, help=_THREADS_HELP)
     train.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     train.add_argument("--quiet", action="store_true", help="no per-task lines (warnings still show)")
@@ -447,8 +466,8 @@ def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
 
     _set_threads(args.threads)
     stream = _load_stream(args)
-    if args.method not in _METHODS:  # pragma: no cover - argparse choices
-        raise _UserError(f"--method: expected one of {_METHODS}, got {args.method!r}")
+    if args.method not in _methods():  # pragma: no cover - argparse choices
+        raise _UserError(f"--method: expected one of {_methods()}, got {args.method!r}")
     if args.protocol == "synthetic" and not args.json:
         print("Synthetic stream: seeded random multi-label data, not a real benchmark (see the docs).")
     if not args.json:
@@ -466,6 +485,7 @@ def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
             prompts_per_task=args.prompts_per_task,
             show_progress=False,  # the command prints its own per-task lines, numbered 1..T
             seed=args.seed,
+            **({"prototype_replay": args.prototype_replay} if hasattr(args, "prototype_replay") else {}),
         )
     except (TypeError, ValueError) as exc:
         raise _UserError(f"training options: {exc}") from exc

@@ -136,6 +136,12 @@ def test_train_defaults_are_the_library_defaults():
     assert tuple(args.hidden) == tuple(for_stream["hidden_dims"].default)
     assert args.bits == for_stream["n_bits"].default
     assert args.threads == 1
+    if hasattr(config, "prototype_replay"):
+        assert args.prototype_replay == config.prototype_replay
+    from pbeh.baselines import METHODS
+
+    (method,) = [a for a in _subparsers(_parser())["train"]._actions if a.dest == "method"]
+    assert tuple(method.choices) == tuple(METHODS)
 
 
 def test_cli_follows_a_changed_trainer_default(monkeypatch):
@@ -241,7 +247,7 @@ def test_argument_errors_exit_with_usage(args, capsys):
 
 # ------------------------------------------------------------------------------------------------------ evaluate
 def test_evaluate_shows_the_matrices_unified_score_and_drift(run_dir, tmp_path, capsys):
-    out, printed, _ = run_dir
+    out, _, _ = run_dir
     assert main(["evaluate", str(out), "--csv", str(tmp_path / "m.csv")]) == 0
     shown = capsys.readouterr().out
     matrix = ContinualMatrix.load_json(out / "matrix.json")
@@ -316,7 +322,7 @@ def test_search_prints_id_score_task_labels_and_json(run_dir, tmp_path, capsys, 
     labels_of = {
         int(i): np.flatnonzero(row).tolist()
         for task in stream
-        for i, row in zip(task.database.ids, task.database.labels)
+        for i, row in zip(task.database.ids, task.database.labels, strict=True)
     }
     assert result["searched"] == other
     assert len(result["queries"]) == 3
