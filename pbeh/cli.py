@@ -513,6 +513,19 @@ def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
         checkpoint_dir=args.out,
         callbacks=[on_task],
     )
+    previous = args.out / "run.json"
+    if previous.is_file() and not args.no_resume and (args.out / "latest.json").is_file():
+        from .serialization import read_json
+
+        before = read_json(previous, what="run description", expect=dict)
+        now = {"protocol": _protocol(args), "method": args.method, "task_names": [t.name for t in stream]}
+        changed = [k for k, v in now.items() if before.get(k) != v]
+        if changed:
+            raise _UserError(
+                f"--out: {args.out} holds a run with another {', '.join(changed)} "
+                f"({', '.join(f'{k}={before.get(k)!r}' for k in changed)}); resume it with the same options, or "
+                "pass --no-resume (which overwrites it) or another --out"
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(
         args.out / "run.json",

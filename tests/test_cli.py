@@ -111,6 +111,12 @@ def test_train_again_resumes_and_no_resume_retrains(run_dir, tmp_path, capsys):
     assert "4 of 4 task(s) already done" in shown
     assert main([*TRAIN, "--out", str(copy), "--no-resume", "--seed", "3", "--quiet"]) == 0
     assert read_json(copy / "task_003" / "trainer.json")["config"]["seed"] == 3
+    # another method on the same --out is refused before anything trains, with the way out
+    assert main([*TRAIN, "--out", str(copy), "--method", "finetune", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "holds a run with another method (method='pbeh')" in err
+    assert "--no-resume" in err
+    assert read_json(copy / "run.json")["method"] == "pbeh"
 
 
 # ------------------------------------------------------------------------------------------------------ defaults
