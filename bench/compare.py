@@ -221,6 +221,14 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
     parser.add_argument("--json", type=Path, default=None, help="write every summary as JSON here")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="train nothing: write the tables from --json files of earlier (possibly interrupted) runs",
+    )
     args = parser.parse_args()  # fmt: skip
 
     torch.set_num_threads(args.threads)
@@ -254,18 +262,21 @@ def main() -> int:
         "evaluation wall time per run (PromptHash: one run for all lengths, divided by their number).",
         "",
     ]
+    if args.render:
+        rows = [row for path in args.render for row in json.loads(path.read_text())]
+        lines[2] = f"Tables rendered by `{command}` from the JSON the runs wrote (the same options as those runs)."
+        for name in [d for d in DATASETS if any(r["dataset"] == d for r in rows)]:
+            lines += [f"## {name}", "", "```", DATASETS[name](args.data_dir).describe(), "```", "", HEADER]
+            lines += [*render_rows([r for r in rows if r["dataset"] == name]), ""]
+        return _write(lines, args, rows=None)
     all_rows: list[dict[str, Any]] = []
     for name in args.datasets:
         stream = DATASETS[name](args.data_dir)
         print(stream.describe(), flush=True)
         lines += [f"## {name}", "", "```", stream.describe(), "```", "", HEADER]
-        results: dict[tuple[str, int], list[dict[str, Any]]] = {}
 
-        def add(
-            method: str, n_bits: int, summary: dict[str, Any], seed: int, dataset: str = name, results: dict = results
-        ) -> None:
+        def add(method: str, n_bits: int, summary: dict[str, Any], seed: int, dataset: str = name) -> None:
             summary = {**summary, "method": method, "bits": n_bits, "seed": seed, "dataset": dataset}
-            results.setdefault((method, n_bits), []).append(summary)
             all_rows.append(summary)
             print(table_row(method, n_bits, summary), flush=True)
             if args.json:  # written after every run, so an interrupted run keeps what it finished
@@ -286,16 +297,27 @@ def main() -> int:
             prompthash = run_prompthash(stream, seed, args) if "prompthash" in args.methods else None
             for n_bits in args.bits if prompthash is not None else ():
                 add("prompthash (joint)", n_bits, prompthash[n_bits], seed)
-        for (method, n_bits), runs in sorted(results.items(), key=lambda kv: (kv[0][1], _order(kv[0][0]))):
-            lines.append(table_row(method, n_bits, _mean(runs)))
-        lines.append("")
+        lines += [*render_rows([r for r in all_rows if r["dataset"] == name]), ""]
+    return _write(lines, args, rows=all_rows)
+
+
+def render_rows(rows: list[dict[str, Any]]) -> list[str]:
+    """One table row per (method, bits): means over the seeds present, ordered by bits then method."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], int(r["bits"])), []).append(r)
+    ordered = sorted(groups.items(), key=lambda kv: (kv[0][1], _order(kv[0][0])))
+    return [table_row(method, n_bits, _mean(runs)) for (method, n_bits), runs in ordered]
+
+
+def _write(lines: list[str], args: argparse.Namespace, *, rows: list[dict[str, Any]] | None) -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-    if args.json:
-        args.json.write_text(json.dumps(all_rows, indent=2, sort_keys=True, default=str))
+    if args.json and rows is not None:
+        args.json.write_text(json.dumps(rows, indent=2, sort_keys=True, default=str))
     return 0
 
 
