@@ -9,9 +9,12 @@ comparison isolates what each part is worth:
                           stored-code term, epoch selection on a validation split, mode-centre extension rule
                           (old bits keep training on extension, as in the reference; see
                           ``TrainerConfig.freeze_old_bits``).
+``"pbeh-no-replay"``      pbeh without class-prototype replay (``TrainerConfig.prototype_replay=0``).
 ``"pbeh-no-stored"``      pbeh without the stored-code term (the ablation of :func:`pbeh.losses.stored_code_loss`).
 ``"pbeh-reference"``      PBEH as released: cross-batch attention, randn prompts on raw features, old bit rows
-                          keep training at 0.1·lr, epoch selection on the test queries (optimistic).
+                          keep training at 0.1·lr, epoch selection on the test queries (optimistic), no replay.
+                          Only the recipe: epochs, batch, lr and heads come from the caller (the released
+                          settings are :meth:`TrainerConfig.reference` and heads of 4096).
 ``"fixed-length"``        pbeh's defaults, never extend.
 ``"finetune"``            no prompt context, no anchor, no stored-code term: heads fine-tuned task after task, never
                           extended.
@@ -33,7 +36,7 @@ from .trainer import ContinualTrainer, TrainerConfig
 
 __all__ = ["METHODS", "build_trainer", "run_method"]
 
-METHODS = ("pbeh", "pbeh-no-stored", "pbeh-reference", "fixed-length", "finetune", "joint")
+METHODS = ("pbeh", "pbeh-no-replay", "pbeh-no-stored", "pbeh-reference", "fixed-length", "finetune", "joint")
 
 
 def build_trainer(
@@ -41,7 +44,7 @@ def build_trainer(
     stream: TaskStream,
     *,
     n_bits: int,
-    hidden_dims: Sequence[int] = (4096, 4096),
+    hidden_dims: Sequence[int] = (512, 512),
     config: TrainerConfig | None = None,
     rho: float = 0.1,
     delta: int = 1,
@@ -58,6 +61,8 @@ def build_trainer(
     policy: Any = ModeCenterRule(rho=rho, delta=delta)
     if method == "pbeh":
         cfg = base
+    elif method == "pbeh-no-replay":
+        cfg = dataclasses.replace(base, prototype_replay=0)
     elif method == "pbeh-no-stored":
         cfg = base
         weights = LossWeights.pbeh(stored_codes=0.0)
@@ -69,6 +74,9 @@ def build_trainer(
             freeze_old_bits=False,
             similarity_target="reference",
             binary_similarity_normalize=False,
+            later_task_head_lr_scale=0.1,
+            prototype_replay=0,
+            lr_fan_in=None,
         )
         pool_kwargs = {"attention": "batch", "init_std": 1.0, "selection": "newest", "task_seeds": "same"}
         normalize = False
@@ -78,7 +86,7 @@ def build_trainer(
         cfg = base
         policy = NeverExtend()
     elif method == "finetune":
-        cfg = base
+        cfg = dataclasses.replace(base, prototype_replay=0)
         policy = NeverExtend()
         weights = LossWeights.pbeh(anchor=0.0, stored_codes=0.0)
         use_prompts = False
@@ -108,7 +116,7 @@ def run_method(
     stream: TaskStream,
     *,
     n_bits: int,
-    hidden_dims: Sequence[int] = (4096, 4096),
+    hidden_dims: Sequence[int] = (512, 512),
     config: TrainerConfig | None = None,
     rho: float = 0.1,
     delta: int = 1,

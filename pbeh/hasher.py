@@ -125,7 +125,7 @@ class ExtensibleHasher(nn.Module):
         in_dim: int,
         n_bits: int,
         *,
-        hidden_dims: Sequence[int] = (4096, 4096),
+        hidden_dims: Sequence[int] = (512, 512),
         modalities: Sequence[str] = ("image", "text"),
         seed: int | None = None,
         branch_hidden_dims: Sequence[int] = (256,),
