@@ -391,7 +391,7 @@ OPS = st.lists(
     max_size=3,
 )
 # Small budgets: the whole file runs in a few seconds; bench/fuzz.py is the long run.
-_EXAMPLES = int(os.environ.get("PBEH_FUZZ_EXAMPLES", "25"))
+_EXAMPLES = int(os.environ.get("PBEH_FUZZ_EXAMPLES", "15"))
 
 
 @pytest.mark.parametrize("target", sorted(TARGETS))

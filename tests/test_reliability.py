@@ -537,3 +537,17 @@ def test_nan_or_inf_features_at_predict_time_name_the_rows():
     x[2, 1] = float("inf")
     with pytest.raises(ValueError, match=r"features: 1 row\(s\) of the image features contain NaN or inf \(first: row 2\)"):
         model.encode(x, "image")
+
+
+def test_trainer_state_naming_ids_its_indexes_lack_is_refused(tmp_path):
+    """Found by bench/fuzz.py: a re-checksummed trainer_state with another id loaded, then failed with KeyError."""
+    stream = small_stream()
+    trainer = small_trainer(stream)
+    trainer.fit_task(stream[0])
+    trainer.save(tmp_path / "s")
+    path = tmp_path / "s" / "trainer_state.safetensors"
+    arrays, _ = load_safetensors(path, kind="trainer_state", format_version=1)
+    arrays["stored.0.ids"] = arrays["stored.0.ids"] + 8000
+    save_safetensors(path, arrays, kind="trainer_state", format_version=1)
+    with pytest.raises(FormatError, match="names ids .* that its indexes lack"):
+        ContinualTrainer.load(tmp_path / "s")
