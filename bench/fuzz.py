@@ -45,8 +45,7 @@ def draw(seed: int, i: int) -> tuple[str, list[tuple[int, int, int]]]:
     target = names[int(rng.integers(len(names)))]
     n_ops = int(rng.integers(1, 4))
     ops = [
-        (int(rng.integers(test_fuzz.N_KINDS)), int(rng.integers(2**32)), int(rng.integers(2**32)))
-        for _ in range(n_ops)
+        (int(rng.integers(test_fuzz.N_KINDS)), int(rng.integers(2**32)), int(rng.integers(2**32))) for _ in range(n_ops)
     ]
     return target, ops
 

@@ -98,9 +98,7 @@ class _Cursor:
             return mi_type, count, start
         start = self.pos + 8
         if count > len(self.buf) - start:
-            raise self.fail(
-                f"an element at byte {self.pos} claims {count} bytes, only {len(self.buf) - start} remain"
-            )
+            raise self.fail(f"an element at byte {self.pos} claims {count} bytes, only {len(self.buf) - start} remain")
         self.pos = start + count + (-count % 8)
         return word, count, start
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_bool, check_fraction, check_int
 from ._matv5 import MatV5File
 from ._npz import CheckedNpz
+from ._validation import check_bool, check_fraction, check_int
 from .serialization import FormatError
 
 __all__ = [
@@ -795,10 +795,7 @@ class _MatFile:
     def read(self, key: str) -> np.ndarray:
         if key not in self.keys:
             raise FormatError(f"{self.path}: missing key {key!r}; keys present: {', '.join(map(repr, self.keys))}")
-        if self.hdf5:
-            arr = self._read_hdf5(key)
-        else:
-            arr = self._v5.read(key)
+        arr = self._read_hdf5(key) if self.hdf5 else self._v5.read(key)
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
             raise FormatError(f"{self.path}: key {key!r} is not a numeric array (dtype {arr.dtype})")
         return arr

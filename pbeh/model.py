@@ -27,6 +27,7 @@ measure it with :meth:`CrossModalHashModel.prefix_drift`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -592,7 +593,7 @@ def _check_config_size(config: Mapping[str, Any], weights_bytes: int, source: st
         if d != dim:
             bound += d * dim
     layers = [2 * dim, *hidden]
-    bound += 2 * sum(a * b for a, b in zip(layers, layers[1:], strict=False))
+    bound += 2 * sum(a * b for a, b in itertools.pairwise(layers))
     bound += 2 * layers[-1] * widths[0]
     if widths[-1] > widths[0]:  # every added bit is one output row per modality, at least min-width wide
         bound += 2 * min(layers[-1], *(branch[-1:] or [layers[-1]])) * (widths[-1] - widths[0])

@@ -237,9 +237,9 @@ def json_field(
         names = " or ".join(k.__name__ for k in kinds)
         shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
         raise FormatError(f"{source}: {key!r} must be {names}, got {type(value).__name__} {shown}")
-    if isinstance(value, int) and not isinstance(value, bool):
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            raise FormatError(f"{source}: {key!r} must be an int in [{minimum}, {maximum}], got {value}")
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if is_int and ((minimum is not None and value < minimum) or (maximum is not None and value > maximum)):
+        raise FormatError(f"{source}: {key!r} must be an int in [{minimum}, {maximum}], got {value}")
     return value
 
 
@@ -475,8 +475,9 @@ def read_safetensors_header(path: PathLike, *, kind: str | None = None) -> Safet
             raise FormatError(f"{where}: expected keys dtype, shape, data_offsets")
         dtype = _CODE_DTYPES.get(entry["dtype"]) if isinstance(entry["dtype"], str) else None
         if dtype is None:
-            raise FormatError(f"{where}: dtype {str(entry['dtype'])[:20]!r} is not one pbeh reads "
-                              f"({', '.join(_CODE_DTYPES)})")
+            raise FormatError(
+                f"{where}: dtype {str(entry['dtype'])[:20]!r} is not one pbeh reads ({', '.join(_CODE_DTYPES)})"
+            )
         shape, offsets = entry["shape"], entry["data_offsets"]
         if (
             not isinstance(shape, list)
@@ -489,10 +490,7 @@ def read_safetensors_header(path: PathLike, *, kind: str | None = None) -> Safet
         begin, end = offsets
         n_bytes = math.prod(shape) * dtype.itemsize
         if 0 <= begin <= end and end - begin == n_bytes and end > data_size:
-            raise FormatError(
-                f"{str(p)!r} is truncated: {size} bytes, tensor {name[:60]!r} needs "
-                f"{8 + n_header + end}"
-            )
+            raise FormatError(f"{str(p)!r} is truncated: {size} bytes, tensor {name[:60]!r} needs {8 + n_header + end}")
         if not 0 <= begin <= end <= data_size or end - begin != n_bytes:
             raise FormatError(
                 f"{where}: data_offsets {offsets} do not hold a {entry['dtype']} array of shape {shape} "
@@ -502,8 +500,10 @@ def read_safetensors_header(path: PathLike, *, kind: str | None = None) -> Safet
     position = 0
     for name, (_, _, begin, end) in sorted(tensors.items(), key=lambda item: (item[1][2], item[1][3])):
         if begin != position:
-            raise FormatError(f"{str(p)!r}: tensor {name[:60]!r} starts at byte {begin}, expected {position} "
-                              "(tensors must tile the data section)")
+            raise FormatError(
+                f"{str(p)!r}: tensor {name[:60]!r} starts at byte {begin}, expected {position} "
+                "(tensors must tile the data section)"
+            )
         position = end
     if position != data_size:
         raise FormatError(
