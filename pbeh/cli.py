@@ -306,7 +306,7 @@ def _protocol(args: argparse.Namespace) -> str:
     return protocol
 
 
-def _load_stream(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _load_stream(args: argparse.Namespace) -> Any:
     from .data import load_protocol
 
     protocol = _protocol(args)
@@ -575,7 +575,7 @@ def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
     return 0
 
 
-def _read_run(path: Path):  # type: ignore[no-untyped-def]
+def _read_run(path: Path) -> Any:
     from ._run import read_run
 
     return read_run(path)
@@ -728,7 +728,7 @@ def _search(args: argparse.Namespace) -> int:
     result = index.search(codes, args.k)
     names = run.info.get("task_names") or run.task_names
     label_names = run.label_names
-    queries = []
+    queries: list[dict[str, Any]] = []
     for q in range(len(codes)):
         hits = []
         tasks = run.task_of(result.ids[q])

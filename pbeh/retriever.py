@@ -445,7 +445,9 @@ class Retriever:
             feats = self.encode_images([value] if single and ndim is None else value)
         else:
             single = np.ndim(value) == 1
-            feats = self._features(modality, None, value, name)
+            checked = self._features(modality, None, value, name)
+            assert checked is not None  # value is not None here
+            feats = checked
         if target is None:
             target = "image" if modality == "text" else "text"
         elif target not in _MODALITIES:
