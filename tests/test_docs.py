@@ -103,6 +103,19 @@ def test_page_blocks_run(page, tmp_path, monkeypatch):
         logging.getLogger("pbeh").propagate = True
 
 
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    """The README's Python example (its bash blocks are the install and test commands that CI itself runs)."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {"__name__": "__readme__"}
+    python_blocks = [(body, line) for lang, body, line in blocks(ROOT / "README.md") if lang == "python"]
+    assert python_blocks
+    try:
+        for body, line in python_blocks:
+            exec(compile(body, f"README.md:{line}", "exec"), namespace)
+    finally:
+        torch.set_num_threads(1)
+
+
 def test_the_navigation_lists_every_page_and_every_listed_page_exists():
     yaml = pytest.importorskip("yaml")
 
