@@ -216,13 +216,31 @@ def _parser() -> argparse.ArgumentParser:
     search = sub.add_parser(
         "search",
         parents=[debug_parent],
-        help="search a saved run's index with feature vectors",
-        description="Encode query features with the run's model and search the other modality's index "
-        "(image queries find texts, text queries find images). Prints id, score, task and label names.",
+        help="search a saved run (or a saved Retriever) with feature vectors, texts or images",
+        description="Encode queries with the run's model and search the other modality's index (image queries "
+        "find texts, text queries find images). Prints id, score, task and label names (a Retriever folder: the "
+        "stored metadata).",
     )
-    search.add_argument("run", type=Path, help="run directory written by 'pbeh train'")
-    search.add_argument("--modality", choices=("image", "text"), required=True, help="modality of the queries")
-    search.add_argument("--features", type=Path, required=True, help=".npy file of (n, d) or (d,) query features")
+    search.add_argument(
+        "run", type=Path, help="run directory written by 'pbeh train', or a folder written by Retriever.save"
+    )
+    search.add_argument("--modality", choices=("image", "text"), default=None, help="modality of --features")
+    search.add_argument("--features", type=Path, default=None, help=".npy file of (n, d) or (d,) query features")
+    search.add_argument(
+        "--text",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="a text query, for a Retriever folder with a text encoder (repeat for more queries)",
+    )
+    search.add_argument(
+        "--image",
+        action="append",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="an image file query, for a Retriever folder with an image encoder (repeat for more queries)",
+    )
     search.add_argument("--k", type=int, default=10, help="results per query (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="print the results as JSON")
     search.add_argument("--threads", type=int, default=1, help=_THREADS_HELP)
@@ -707,23 +725,23 @@ def _search(args: argparse.Namespace) -> int:
     _set_threads(args.threads)
     if args.k < 1:
         raise _UserError(f"--k: expected a positive number of results, got {args.k}")
+    given = [name for name in ("features", "text", "image") if getattr(args, name) is not None]
+    if len(given) != 1:
+        raise _UserError(f"search: expected one of --features, --text, --image; got {given or 'none'}")
+    if args.features is not None and args.modality is None:
+        raise _UserError("--modality: say which modality the --features are (image or text)")
+    if (args.run / "retriever.json").is_file():
+        return _search_retriever(args)
+    if args.features is None:
+        raise _UserError(
+            f"--{given[0]}: {args.run} is a run directory, which holds no encoder; search it with --features "
+            "(a Retriever folder takes --text and --image)"
+        )
     run = _read_run(args.run)
     model = CrossModalHashModel.from_pretrained(run.state / "model")
     other = "text" if args.modality == "image" else "image"
     index = TruncatedHammingIndex.load(run.state / f"{other}_index.safetensors")
-    if not args.features.is_file():
-        raise _UserError(f"--features: no such file {str(args.features)!r}")
-    try:
-        feats = np.load(args.features, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise _UserError(f"--features: {str(args.features)!r} is not a readable .npy array ({exc})") from exc
-    if feats.ndim == 1:
-        feats = feats[None, :]
-    width = model.feature_dim(args.modality)
-    if feats.ndim != 2 or feats.shape[1] != width:
-        raise _UserError(
-            f"--features: expected (n, {width}) {args.modality} features for this run's model, got shape {feats.shape}"
-        )
+    feats = _query_features(args, model.feature_dim(args.modality), "this run's model")
     codes = model.encode(torch.as_tensor(feats, dtype=torch.float32), args.modality)
     result = index.search(codes, args.k)
     names = run.info.get("task_names") or run.task_names
@@ -757,6 +775,59 @@ def _search(args: argparse.Namespace) -> int:
             task = "-" if hit["task"] is None else f"{hit['task']} {hit['task_name'] or ''}".strip()
             labels = ", ".join(hit.get("label_names") or [str(c) for c in hit["labels"]]) or "-"
             rows.append([str(rank), str(hit["id"]), f"{hit['score']:.3f}", task, labels])
+        print(_table(rows, right=[True, True, True, False, False]))
+    return 0
+
+
+def _query_features(args: argparse.Namespace, width: int, what: str) -> np.ndarray:
+    if not args.features.is_file():
+        raise _UserError(f"--features: no such file {str(args.features)!r}")
+    try:
+        feats = np.load(args.features, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise _UserError(f"--features: {str(args.features)!r} is not a readable .npy array ({exc})") from exc
+    if feats.ndim == 1:
+        feats = feats[None, :]
+    if feats.ndim != 2 or feats.shape[1] != width:
+        raise _UserError(
+            f"--features: expected (n, {width}) {args.modality} features for {what}, got shape {feats.shape}"
+        )
+    return np.asarray(feats, dtype=np.float32)
+
+
+def _search_retriever(args: argparse.Namespace) -> int:
+    """Search a folder written by Retriever.save: texts, images (its encoders) or features."""
+    from .retriever import Retriever
+
+    retriever = Retriever.load(args.run)
+    if args.text is not None:
+        modality, results = "text", retriever.search(text=list(args.text), k=args.k)
+    elif args.image is not None:
+        missing = [str(p) for p in args.image if not p.is_file()]
+        if missing:
+            raise _UserError(f"--image: no such file {missing[0]!r}")
+        modality, results = "image", retriever.search(image=[str(p) for p in args.image], k=args.k)
+    else:
+        modality = args.modality
+        feats = _query_features(args, retriever.model.feature_dim(modality), "this Retriever's model")
+        results = retriever.search(**{f"{modality}_features": feats}, k=args.k)
+    other = "image" if modality == "text" else "text"
+    queries = [
+        {
+            "query": q,
+            "hits": [{"id": h.id, "score": h.score, "task_name": h.task, "metadata": h.metadata} for h in hits],
+        }
+        for q, hits in enumerate(results)
+    ]
+    if args.json:
+        _print_json({"modality": modality, "searched": other, "k": args.k, "queries": queries})
+        return 0
+    for entry in queries:
+        print(f"query {entry['query']} ({modality} → {other}):")
+        rows = [["rank", "id", "score", "task", "metadata"]]
+        for rank, hit in enumerate(entry["hits"], start=1):
+            meta = "-" if hit["metadata"] is None else json.dumps(hit["metadata"], ensure_ascii=False)
+            rows.append([str(rank), str(hit["id"]), f"{hit['score']:.3f}", hit["task_name"] or "-", meta])
         print(_table(rows, right=[True, True, True, False, False]))
     return 0
 

@@ -420,3 +420,46 @@ def test_python_m_pbeh_version():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"pbeh {__version__}"
+
+
+def test_search_a_retriever_folder(tmp_path, capsys):
+    import pbeh
+
+    stream = synthetic_stream(n_tasks=2, items_per_class=15, seed=0)
+    retriever = pbeh.Retriever.create(
+        image_dim=stream.image_dim,
+        text_dim=stream.text_dim,
+        n_bits=8,
+        hidden_dims=(8,),
+        config=TrainerConfig(epochs=1, select_on="last"),
+    )
+    retriever.learn(stream)
+    retriever.add(text_features=stream[1].database.text[:2], ids=[7001, 7002], metadata=[{"t": "a"}, {"t": "b"}])
+    folder = tmp_path / "retriever"
+    retriever.save(folder)
+    queries = stream[1].query.image[:2]
+    path = tmp_path / "q.npy"
+    np.save(path, queries)
+    assert main(["search", str(folder), "--modality", "image", "--features", str(path), "--k", "40", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = retriever.search(image_features=queries, k=40)
+    for entry, hits in zip(result["queries"], expected, strict=True):
+        assert [h["id"] for h in entry["hits"]] == hits.ids.tolist()
+        assert [h["task_name"] for h in entry["hits"]] == hits.tasks
+        assert [h["metadata"] for h in entry["hits"]] == hits.metadata
+    assert main(["search", str(folder), "--modality", "image", "--features", str(path), "--k", "3"]) == 0
+    assert capsys.readouterr().out.startswith("query 0 (image → text):\nrank")
+    # this folder has no encoder: a text query is one clear line
+    assert main(["search", str(folder), "--text", "a dog"]) == 1
+    assert "texts: this Retriever has no text encoder" in capsys.readouterr().err
+
+
+def test_search_needs_exactly_one_kind_of_query(run_dir, tmp_path, capsys):
+    out, _, _ = run_dir
+    assert main(["search", str(out), "--k", "3"]) == 1
+    assert "search: expected one of --features, --text, --image; got none" in capsys.readouterr().err
+    assert main(["search", str(out), "--text", "a dog"]) == 1
+    assert "is a run directory, which holds no encoder; search it with --features" in capsys.readouterr().err
+    np.save(tmp_path / "q.npy", np.zeros((1, 32), dtype=np.float32))
+    assert main(["search", str(out), "--features", str(tmp_path / "q.npy")]) == 1
+    assert "--modality: say which modality" in capsys.readouterr().err
