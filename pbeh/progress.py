@@ -49,6 +49,16 @@ def show_progress(enabled: bool = True, *, level: str = "INFO", stream: TextIO |
 
     Returns:
         The attached handler, or None when ``enabled`` is False.
+
+    Example:
+        >>> import io
+        >>> out = io.StringIO()
+        >>> _ = show_progress(stream=out)
+        >>> logging.getLogger("pbeh.trainer").info("task 1 (T1): 32 bits")
+        >>> logging.getLogger("pbeh.prompts").info("an internal note")  # shown only with level="DEBUG"
+        >>> show_progress(False)
+        >>> print(out.getvalue(), end="")
+        pbeh: task 1 (T1): 32 bits
     """
     if not isinstance(enabled, bool):
         raise TypeError(f"enabled: expected a bool, got {enabled!r}")
