@@ -18,7 +18,6 @@ task; then, per task, pbeh's unified P@10 against joint training's.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -96,7 +95,8 @@ def render(records: list[dict], header: list[str]) -> str:
                     "unified_i2t_p10", "unified_t2i_p10", "old_p10_i2t", "old_p10_t2i", "old_newest_share_i2t",
                     "old_newest_share_t2i"]  # fmt: skip
             lines.append(
-                f"| {method} | {bits} | {len(rs)} | " + " | ".join(cell(rs, k) for k in keys)
+                f"| {method} | {bits} | {len(rs)} | "
+                + " | ".join(cell(rs, k) for k in keys)
                 + f" | {final_bits} | {cell(rs, 'prefix_drift')} | {seconds:.1f} |"
             )
         lines += ["", f"Per-task unified P@10 (I→T / T→I), mean over seeds: pbeh against joint training ({name}).", ""]

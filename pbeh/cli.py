@@ -59,12 +59,6 @@ def _config_default(name: str) -> Any:
     raise KeyError(name)  # pragma: no cover - a renamed field shows up in the tests
 
 
-def _has_config_field(name: str) -> bool:
-    from .trainer import TrainerConfig
-
-    return any(f.name == name for f in dataclasses.fields(TrainerConfig))
-
-
 def _for_stream_default(name: str) -> Any:
     from .trainer import ContinualTrainer
 
@@ -184,14 +178,54 @@ def _parser() -> argparse.ArgumentParser:
         default=_config_default("seed"),
         help="seeds the model, the minibatch order and the validation split (default: %(default)s)",
     )
-    if _has_config_field("prototype_replay"):
-        train.add_argument(
-            "--prototype-replay",
-            type=int,
-            default=_config_default("prototype_replay"),
-            help="pseudo items of earlier tasks' classes added to every minibatch from the second task on; 0 switches "
-            "it off (default: %(default)s)",
-        )
+    train.add_argument(
+        "--prototype-replay",
+        type=int,
+        default=_config_default("prototype_replay"),
+        help="pseudo items of earlier tasks' classes (drawn from per-class feature means and spreads) added to every "
+        "minibatch from the second task on, so old queries keep meeting their stored codes; 0 switches it off "
+        "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--prototype-noise",
+        type=float,
+        default=_config_default("prototype_noise"),
+        help="spread of the replayed pseudo items around their class mean, in class standard deviations "
+        "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--head-lr-scale",
+        type=float,
+        default=_config_default("later_task_head_lr_scale"),
+        help="heads train at lr times this from the second task on (the reference: 0.1; default: %(default)s)",
+    )
+    train.add_argument(
+        "--similarity-target",
+        choices=("signed_cosine", "cosine", "reference"),
+        default=_config_default("similarity_target"),
+        help="target of the similarity terms: 2*cos(labels)-1, cos(labels), or the reference's 2*sigmoid(l.l/16)-1 "
+        "(default: %(default)s)",
+    )
+    lr_fan_in = _config_default("lr_fan_in")
+    train.add_argument(
+        "--lr-fan-in",
+        type=int,
+        default=0 if lr_fan_in is None else lr_fan_in,
+        help="weight matrices with more inputs than this train at lr*this/fan_in, which keeps wide features from "
+        "collapsing the codes; 0 turns it off (default: %(default)s)",
+    )
+    train.add_argument(
+        "--ties",
+        choices=("average", "reference"),
+        default=_config_default("ties"),
+        help="rank score ties in random order, averaged exactly (figures independent of item order), or in database "
+        "order as the released evaluation does (parity only) (default: %(default)s)",
+    )
+    train.add_argument(
+        "--keep-task-checkpoints",
+        action="store_true",
+        help="keep every task's state in --out (default: only the newest, which is all resuming needs)",
+    )
     train.add_argument("--threads", type=int, default=1, help=_THREADS_HELP)
     train.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     train.add_argument("--quiet", action="store_true", help="no per-task lines (warnings still show)")
@@ -503,7 +537,12 @@ def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
             prompts_per_task=args.prompts_per_task,
             show_progress=False,  # the command prints its own per-task lines, numbered 1..T
             seed=args.seed,
-            **({"prototype_replay": args.prototype_replay} if hasattr(args, "prototype_replay") else {}),
+            prototype_replay=args.prototype_replay,
+            prototype_noise=args.prototype_noise,
+            later_task_head_lr_scale=args.head_lr_scale,
+            similarity_target=args.similarity_target,
+            lr_fan_in=None if args.lr_fan_in == 0 else args.lr_fan_in,
+            ties=args.ties,
         )
     except (TypeError, ValueError) as exc:
         raise _UserError(f"training options: {exc}") from exc
@@ -529,6 +568,7 @@ def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
         delta=args.delta,
         seed=args.seed,
         checkpoint_dir=args.out,
+        keep_task_checkpoints=args.keep_task_checkpoints,
         callbacks=[on_task],
     )
     previous = args.out / "run.json"

@@ -182,7 +182,9 @@ def _check_unified_inputs(
             raise ValueError(f"db_labels[{s}]: expected shape ({len(codes)}, {q_labels.shape[1]}), got {lab.shape}")
         labels.append(lab)
     if q_tasks.size and (q_tasks.min() < 0 or q_tasks.max() >= len(db_codes)):
-        raise ValueError(f"query_tasks: expected task indices in [0, {len(db_codes)}), got {q_tasks.min()}..{q_tasks.max()}")
+        raise ValueError(
+            f"query_tasks: expected task indices in [0, {len(db_codes)}), got {q_tasks.min()}..{q_tasks.max()}"
+        )
     return q_labels, q_tasks, labels
 
 
@@ -256,9 +258,7 @@ def unified_metrics(
     rows_per_block = max(1, _BLOCK_PAIRS // n_db)
     for start in range(0, nq, rows_per_block):
         stop = min(nq, start + rows_per_block)
-        level = np.concatenate(
-            [level_of[s][queries[s][start:stop].hamming(dbs[s])] for s in range(n_tasks)], axis=1
-        )
+        level = np.concatenate([level_of[s][queries[s][start:stop].hamming(dbs[s])] for s in range(n_tasks)], axis=1)
         rel = (q_labels[start:stop] @ db_all_labels.T) > 0
         from_newest = np.broadcast_to(db_task == n_tasks - 1, rel.shape)
         from_own = db_task[None, :] == q_tasks[start:stop, None]

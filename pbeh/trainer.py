@@ -538,7 +538,10 @@ class ContinualTrainer:
         cfg = self.config
         if self._pending_extension:
             self.model.extend(self._pending_extension, freeze_old=cfg.freeze_old_bits)
-            _logger.info("task %d: code extended by %d bits to %d", t, self._pending_extension, self.model.n_bits)
+            _logger.info(
+                "task %d (%s): code extended by %d bits to %d", t + 1, task.name, self._pending_extension,
+                self.model.n_bits,
+            )  # fmt: skip
             self._pending_extension = 0
 
         if cfg.select_on == "validation":
@@ -606,18 +609,12 @@ class ContinualTrainer:
             unified=unified,
         )
         self.reports.append(report)
+        p10 = (unified["i2t"]["p_at_10"], unified["t2i"]["p_at_10"])
         _logger.info(
-            "task %d (%s): %d bits, mAP i2t %.4f t2i %.4f, unified %.4f/%.4f (chance %.4f); %s",
-            t,
-            task.name,
-            n_bits,
-            row_i2t[-1],
-            row_t2i[-1],
-            unified_i2t,
-            unified_t2i,
-            chance,
+            "task %d (%s): %d bits, mAP i2t %.4f t2i %.4f, unified %.4f/%.4f (chance %.4f), unified P@10 %.4f/%.4f; %s",
+            t + 1, task.name, n_bits, row_i2t[-1], row_t2i[-1], unified_i2t, unified_t2i, chance, *p10,
             decision.reason,
-        )
+        )  # fmt: skip
         if self.checkpoint_dir is not None:
             self._write_checkpoint(self.checkpoint_dir)
         for callback in self.callbacks:
@@ -742,7 +739,7 @@ class ContinualTrainer:
         if cfg.show_progress:
             from tqdm.auto import tqdm
 
-            epochs = tqdm(epochs, desc=f"task {t} ({task.name})", leave=False)
+            epochs = tqdm(epochs, desc=f"task {t + 1} ({task.name})", leave=False)
         n = len(train)
         for epoch in epochs:
             self.model.train()
@@ -778,7 +775,10 @@ class ContinualTrainer:
                     best_state = copy.deepcopy(self.model.state_dict())
             history.append(record)
             if not math.isfinite(last_loss):
-                raise FloatingPointError(f"task {t} ({task.name}): the loss became {last_loss} at epoch {epoch}")
+                raise FloatingPointError(
+                    f"task {t + 1} ({task.name}): the loss became {last_loss} at epoch {epoch}; lower lr (now "
+                    f"{cfg.lr:g}) or check the features for huge values"
+                )
         if best_state is not None:
             self.model.load_state_dict(best_state)
         self.model.eval()

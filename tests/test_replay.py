@@ -67,9 +67,7 @@ def test_prototypes_round_trip_and_errors():
 
 def _trainer(stream, **config):
     cfg = TrainerConfig(**{"epochs": 2, "batch_size": 32, "eval_k": None, "eval_every": 1, **config})
-    return ContinualTrainer.for_stream(
-        stream, n_bits=8, hidden_dims=(16,), config=cfg, extension_policy=NeverExtend()
-    )
+    return ContinualTrainer.for_stream(stream, n_bits=8, hidden_dims=(16,), config=cfg, extension_policy=NeverExtend())
 
 
 def test_replay_adds_old_class_pseudo_items_to_every_batch_from_the_second_task(monkeypatch):
@@ -133,7 +131,8 @@ def test_signed_cosine_target():
     labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
     signed = label_similarity(labels, kind="signed_cosine")
     torch.testing.assert_close(signed, 2 * label_similarity(labels, kind="cosine") - 1)
-    assert signed[0, 2] == -1.0 and signed[0, 0] == 1.0
+    assert signed[0, 2] == -1.0
+    assert signed[0, 0] == 1.0
 
 
 def test_defaults_and_reference_settings():

@@ -140,7 +140,7 @@ def test_unified_metrics_errors():
         unified_metrics(codes, [[1]], [1], [codes], [[[1]]])
     with pytest.raises(ValueError, match=r"db_labels\[0\]: expected shape"):
         unified_metrics(codes, [[1]], [0], [codes], [[[1, 0]]])
-    with pytest.raises(TypeError, match="query_codes: expected pbeh.Codes"):
+    with pytest.raises(TypeError, match=r"query_codes: expected pbeh\.Codes"):
         unified_metrics(np.zeros((1, 2)), [[1]], [0], [codes], [[[1]]])
 
 
