@@ -552,6 +552,11 @@ def load_safetensors(path: PathLike, *, kind: str, format_version: int) -> tuple
     if len(data) != expected_size:
         raise FormatError(f"{str(path)!r} changed while it was read ({len(data)} data bytes, expected {expected_size})")
     stored = header.metadata.get(CHECKSUM_KEY)
+    if stored is None and any(
+        key.startswith("pbeh_c") or (len(value) == 71 and value[:3] == "sha") for key, value in header.metadata.items()
+    ):
+        # A checksum whose key was damaged: files written without one have neither such a key nor such a value.
+        raise FormatError(f"{str(path)!r} is damaged: its checksum entry is unreadable")
     if stored is not None:
         actual = _checksum(header.raw, data)
         if stored != actual:

@@ -557,3 +557,16 @@ def test_trainer_state_naming_ids_its_indexes_lack_is_refused(tmp_path):
     save_safetensors(path, arrays, kind="trainer_state", format_version=1)
     with pytest.raises(FormatError, match=r"names ids .* that its indexes lack"):
         ContinualTrainer.load(tmp_path / "s")
+
+
+def test_damaged_checksum_key_is_not_taken_for_a_file_without_checksum(tmp_path):
+    """Found by bench/fuzz.py: bytes of the key 'pbeh_checksum' and of the data damaged -> loaded silently."""
+    path = tmp_path / "x.safetensors"
+    save_safetensors(path, {"codes": np.arange(16, dtype=np.uint8).reshape(4, 4)}, kind="index", format_version=1)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"pbeh_checksum")
+    data[at + 12] ^= 0x01  # 'pbeh_checksum' -> 'pbeh_checksul'
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match="checksum entry is unreadable"):
+        load_safetensors(path, kind="index", format_version=1)
