@@ -9,10 +9,12 @@
   modality fitted on all training items, sign-fixed, rows L2-normalised and scaled to ``sqrt(dim)``, zero-padded to
   ``dim`` columns).
 * :func:`evaluate_row`, :func:`unified_score`, :func:`summarize`: the continual protocol's figures computed with
-  :func:`pbeh.metrics.map_at_k`, :class:`pbeh.index.TruncatedHammingIndex` and
-  :class:`pbeh.metrics.ContinualMatrix`, exactly as :class:`pbeh.trainer.ContinualTrainer` computes them, so that
+  :func:`pbeh.metrics.map_at_k`, :func:`pbeh.evaluation.unified_metrics` (the index's cross-length ranking) and
+  :class:`pbeh.metrics.ContinualMatrix`, as :class:`pbeh.trainer.ContinualTrainer` computes them, so that
   rows from different methods are comparable.
-* :func:`save_module` / :func:`load_module_arrays`: ``config.json`` + ``model.safetensors`` for a peer model.
+* :func:`grow_matrix`: a :class:`~pbeh.metrics.ContinualMatrix` with room for more tasks.
+* :func:`save_module` / :func:`load_module_arrays` / :func:`load_state`: ``config.json`` + ``model.safetensors`` for a
+  peer model.
 """
 
 from __future__ import annotations
