@@ -40,7 +40,9 @@ from ..serialization import FormatError, load_safetensors, read_json, save_safet
 __all__ = [
     "FeatureInput",
     "evaluate_row",
+    "grow_matrix",
     "load_module_arrays",
+    "load_state",
     "reference_inputs",
     "save_module",
     "summarize",
