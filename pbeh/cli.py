@@ -912,7 +912,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        if progress["training"]:
+        from .trainer import ResumeMismatchError
+
+        if progress["training"] and not isinstance(exc, ResumeMismatchError):
             hint = f" ({_RESUME_HINT}; --debug shows the traceback)"
         else:
             hint = "" if isinstance(exc, _UserError) else " (--debug shows the traceback)"

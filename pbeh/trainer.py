@@ -63,12 +63,16 @@ from .serialization import (
     write_json,
 )
 
-__all__ = ["ContinualTrainer", "TaskReport", "TrainerConfig"]
+__all__ = ["ContinualTrainer", "ResumeMismatchError", "TaskReport", "TrainerConfig"]
 
 _logger = logging.getLogger(__name__)
 
 TRAINER_FORMAT_VERSION = 1
 _SELECT_ON = ("validation", "test", "last")
+
+
+class ResumeMismatchError(ValueError):
+    """A checkpoint directory holds a run trained with other options than the trainer asked to resume it."""
 
 
 @dataclass(frozen=True)
@@ -404,6 +408,11 @@ class ContinualTrainer:
 
         The prompt pool searches every task's pool (``selection="all"``) unless ``pool_kwargs`` says otherwise.
         """
+        if not isinstance(stream, TaskStream):
+            raise TypeError(
+                f"stream: expected a pbeh.data.TaskStream (it gives the feature widths), got {type(stream).__name__}; "
+                "wrap a list of tasks with pbeh.data.TaskStream(tasks)"
+            )
         pool_kwargs = {"selection": "all", **(pool_kwargs or {})}
         model = CrossModalHashModel(
             stream.image_dim,
@@ -1184,7 +1193,7 @@ class ContinualTrainer:
         loaded = ContinualTrainer.load(_latest_state_dir(checkpoint_dir))
         differences = resume_differences(self, loaded)
         if differences:
-            raise ValueError(
+            raise ResumeMismatchError(
                 f"checkpoint_dir: {str(checkpoint_dir)!r} holds a run trained with other options ("
                 + "; ".join(differences)
                 + "). Resume with the run's options, or start afresh with fit(..., resume=False) / "

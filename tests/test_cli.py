@@ -117,6 +117,12 @@ def test_train_again_resumes_and_no_resume_retrains(run_dir, tmp_path, capsys):
     assert "holds a run with another method (method='pbeh')" in err
     assert "--no-resume" in err
     assert read_json(copy / "run.json")["method"] == "pbeh"
+    # other training options on the same --out: refused with the differences, and no "rerun to resume" hint
+    assert main([*TRAIN, "--out", str(copy), "--epochs", "7", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "epochs: checkpoint" in err
+    assert "now 7" in err
+    assert "rerun the same command to resume" not in err
 
 
 # ------------------------------------------------------------------------------------------------------ defaults

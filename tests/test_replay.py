@@ -171,3 +171,9 @@ def test_keep_task_checkpoints(tmp_path):
     assert sorted(p.name for p in (tmp_path / "all").glob("task_*")) == ["task_000", "task_001"]
     with pytest.raises(TypeError, match="keep_task_checkpoints: expected a bool"):
         ContinualTrainer.for_stream(stream, n_bits=8, hidden_dims=(16,), keep_task_checkpoints="yes")
+
+
+def test_for_stream_wants_a_task_stream():
+    stream = synthetic_stream(n_tasks=1, seed=6)
+    with pytest.raises(TypeError, match=r"stream: expected a pbeh.data.TaskStream .* got list; wrap a list"):
+        ContinualTrainer.for_stream(list(stream), n_bits=8)
