@@ -170,6 +170,11 @@ def test_losses_against_direct_formulas():
     s = 0.5 * buf @ h.T
     want = torch.mean(torch.log1p(torch.exp(s)) - sim * s)
     torch.testing.assert_close(bayesian_pairwise_loss(buf, h, sim), want)
+    positive = sim > 0
+    balanced = 0.5 * ((torch.log1p(torch.exp(s)) - s)[positive].mean() + torch.log1p(torch.exp(s))[~positive].mean())
+    torch.testing.assert_close(bayesian_pairwise_loss(buf, h, sim, balance=True), balanced)
+    only_negative = bayesian_pairwise_loss(buf, h, torch.zeros_like(sim), balance=True)
+    torch.testing.assert_close(only_negative, torch.log1p(torch.exp(s)).mean())
     target = torch.sign(torch.randn(3, 8))
     torch.testing.assert_close(quantization_loss(h, target), ((h - target) ** 2).sum() / 24)
     a = torch.nn.functional.normalize(torch.randn(4, 6), dim=1)
@@ -180,6 +185,8 @@ def test_losses_against_direct_formulas():
         bayesian_pairwise_loss(buf, h, sim.T)
     with pytest.raises(ValueError, match="intra: expected a weight >= 0"):
         LossWeights(intra=-1.0)
+    with pytest.raises(ValueError, match=r"balance_pairs: expected 0\.0"):
+        LossWeights(balance_pairs=0.5)
     with pytest.raises(ValueError, match="temperature_local"):
         LossWeights(temperature_local=0.0)
 

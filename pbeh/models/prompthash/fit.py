@@ -188,6 +188,7 @@ def _batch_loss(
         out_i, out_t = paired["image"], paired["text"]
         prompt_feature = paired["prompt"]["feature"]
     similarity = (all_labels @ labels.T > 0).to(image.dtype)  # (N, B)
+    balance = bool(w.balance_pairs)
     for key in buffers.image:
         h_i, h_t = out_i["hashes"][key], out_t["hashes"][key]
         buffers.update(key, rows, h_i, h_t)
@@ -196,12 +197,18 @@ def _batch_loss(
         terms[f"intra_{key}"] = (
             group
             * w.intra
-            * (bayesian_pairwise_loss(buf_i, h_i, similarity) + bayesian_pairwise_loss(buf_t, h_t, similarity))
+            * (
+                bayesian_pairwise_loss(buf_i, h_i, similarity, balance=balance)
+                + bayesian_pairwise_loss(buf_t, h_t, similarity, balance=balance)
+            )
         )
         terms[f"inter_{key}"] = (
             group
             * w.inter
-            * (bayesian_pairwise_loss(buf_i, h_t, similarity) + bayesian_pairwise_loss(buf_t, h_i, similarity))
+            * (
+                bayesian_pairwise_loss(buf_i, h_t, similarity, balance=balance)
+                + bayesian_pairwise_loss(buf_t, h_i, similarity, balance=balance)
+            )
         )
         target = buffers.targets[key][rows]
         terms[f"quantization_{key}"] = (

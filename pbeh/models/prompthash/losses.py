@@ -29,16 +29,27 @@ __all__ = [
 ]
 
 
-def bayesian_pairwise_loss(buffer: torch.Tensor, h: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+def bayesian_pairwise_loss(
+    buffer: torch.Tensor, h: torch.Tensor, similarity: torch.Tensor, *, balance: bool = False
+) -> torch.Tensor:
     """``mean(softplus(s) - S * s)`` with ``s = clamp(buffer @ h^T / 2, -64, 64)``: the negative log-likelihood of
-    the pairwise labels under ``p(S=1) = sigmoid(s)``."""
+    the pairwise labels under ``p(S=1) = sigmoid(s)``.
+
+    ``balance=True`` (pbeh's option, not the released loss) averages the positive and the negative pairs separately
+    and takes the mean of the two, so that a set with few positive pairs (many single-label classes) does not reward
+    pushing every pair apart."""
     if buffer.shape[1] != h.shape[1] or similarity.shape != (buffer.shape[0], h.shape[0]):
         raise ValueError(
             f"buffer, h, similarity: expected (N, K), (B, K), (N, B), got {tuple(buffer.shape)}, {tuple(h.shape)}, "
             f"{tuple(similarity.shape)}"
         )
     s = (0.5 * buffer @ h.T).clamp(-64.0, 64.0)
-    return torch.mean(F.softplus(s) - similarity * s)
+    terms = F.softplus(s) - similarity * s
+    if not balance:
+        return torch.mean(terms)
+    positive = similarity > 0
+    parts = [terms[mask].mean() for mask in (positive, ~positive) if bool(mask.any())]
+    return torch.stack(parts).mean()
 
 
 def quantization_loss(h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -86,6 +97,8 @@ class LossWeights:
         temperature_global, temperature_local: InfoNCE temperatures (0.07).
         route: binary cross-entropy of the label-free route's class predictions (pbeh's; the released code has no
             route because it reads the labels at query time).
+        balance_pairs: 1.0 averages positive and negative pairs separately in the pairwise terms (pbeh's option,
+            see :func:`bayesian_pairwise_loss`); 0.0 (default) is the released plain mean.
     """
 
     intra: float = 0.005
@@ -99,6 +112,7 @@ class LossWeights:
     temperature_global: float = 0.07
     temperature_local: float = 0.07
     route: float = 1.0
+    balance_pairs: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -109,6 +123,8 @@ class LossWeights:
                 value = check_real(value, f.name)
                 if value < 0:
                     raise ValueError(f"{f.name}: expected a weight >= 0, got {value!r}")
+        if self.balance_pairs not in (0.0, 1.0):
+            raise ValueError(f"balance_pairs: expected 0.0 (released) or 1.0 (balanced), got {self.balance_pairs!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
