@@ -64,7 +64,6 @@ def _run_bash(body: str, where: str) -> None:
 # Pages of other authors whose python blocks are signatures or real-data runs of minutes: not run here yet. Their
 # authors make the blocks runnable and small (signatures fenced as ``text``), then remove the page from this list.
 NOT_RUN_YET = {
-    "peers.md": "trains CASH and PIC-CMH on Wikipedia-5 for 30 epochs",
     "prompthash.md": "a real-data PromptHash run and a signature block",
 }
 RUN_PAGES = [
