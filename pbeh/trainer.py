@@ -408,7 +408,7 @@ class ContinualTrainer:
 
         The prompt pool searches every task's pool (``selection="all"``) unless ``pool_kwargs`` says otherwise.
         """
-        if not isinstance(stream, TaskStream):
+        if not (hasattr(stream, "image_dim") and hasattr(stream, "text_dim")):
             raise TypeError(
                 f"stream: expected a pbeh.data.TaskStream (it gives the feature widths), got {type(stream).__name__}; "
                 "wrap a list of tasks with pbeh.data.TaskStream(tasks)"
