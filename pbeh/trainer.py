@@ -484,7 +484,7 @@ class ContinualTrainer:
             raise
 
     _ROLLBACK_FIELDS = (
-        "model", "image_index", "text_index", "matrix", "reports", "_stored", "_seen", "_anchors",
+        "model", "image_index", "text_index", "matrix", "reports", "_stored", "_seen", "_anchors", "_prototypes",
         "_pending_extension",
     )  # fmt: skip
 

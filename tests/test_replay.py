@@ -177,3 +177,20 @@ def test_for_stream_wants_a_task_stream():
     stream = synthetic_stream(n_tasks=1, seed=6)
     with pytest.raises(TypeError, match=r"stream: expected a pbeh.data.TaskStream .* got list; wrap a list"):
         ContinualTrainer.for_stream(list(stream), n_bits=8)
+
+
+def test_a_failed_task_rolls_back_its_prototypes():
+    stream = synthetic_stream(n_tasks=2, seed=7)
+    trainer = _trainer(stream)
+
+    def fail(report):
+        raise RuntimeError("callback failed")
+
+    trainer.fit_task(stream[0])
+    trainer.callbacks.append(fail)
+    with pytest.raises(RuntimeError, match="callback failed"):
+        trainer.fit_task(stream[1])
+    assert len(trainer._prototypes) == 1  # the failed task's class statistics are gone with it
+    trainer.callbacks.clear()
+    trainer.fit_task(stream[1])
+    assert len(trainer._prototypes) == 2
