@@ -181,8 +181,10 @@ class TrainerConfig:
             isinstance(self.lr_fan_in, bool) or not isinstance(self.lr_fan_in, int) or self.lr_fan_in < 1
         ):
             raise ValueError(f"lr_fan_in: expected a positive int or None, got {self.lr_fan_in!r}")
-        if isinstance(self.prototype_replay, bool) or not isinstance(self.prototype_replay, int) or (
-            self.prototype_replay < 0
+        if (
+            isinstance(self.prototype_replay, bool)
+            or not isinstance(self.prototype_replay, int)
+            or (self.prototype_replay < 0)
         ):
             raise ValueError(f"prototype_replay: expected an int >= 0, got {self.prototype_replay!r}")
         if not (
@@ -534,7 +536,9 @@ class ContinualTrainer:
             if labels.size and not labels.any():
                 _logger.warning(
                     "task %r: every %s label is zero; the similarity targets are meaningless and so will the "
-                    "codes and mAP be", task.name, split_name,
+                    "codes and mAP be",
+                    task.name,
+                    split_name,
                 )
         self._check_new_ids(task)
 
@@ -1172,8 +1176,10 @@ class ContinualTrainer:
             if ids.ndim != 1 or labels.ndim != 2 or len(labels) != len(ids) or ids.dtype != np.int64:
                 raise FormatError(f"{source}: stored task {i} has ids {ids.shape} and labels {labels.shape}")
             if labels.shape[1] != self._stored[0].labels.shape[1]:
-                raise FormatError(f"{source}: stored task {i} has {labels.shape[1]} label columns, task 0 has "
-                                  f"{self._stored[0].labels.shape[1]}")
+                raise FormatError(
+                    f"{source}: stored task {i} has {labels.shape[1]} label columns, task 0 has "
+                    f"{self._stored[0].labels.shape[1]}"
+                )
             for present in index_ids:
                 missing = ids[~np.isin(ids, present)].tolist()
                 if missing:
