@@ -84,6 +84,14 @@ class TrainerConfig:
     reference's 100 epochs of 512 at 1e-4 leave such a task with one optimiser step per epoch and undertrained,
     collapsing codes. :meth:`reference` gives the released PBEH's settings.
 
+    Example:
+        >>> TrainerConfig().epochs, TrainerConfig().prototype_replay, TrainerConfig.reference().lr
+        (30, 128, 0.0001)
+        >>> TrainerConfig(epochs=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: epochs: expected a positive int, got 0
+
     Attributes:
         epochs: epochs per task (reference: 100).
         batch_size: minibatch size (reference: 512).
@@ -263,7 +271,20 @@ class TrainerConfig:
 
 @dataclass
 class TaskReport:
-    """What happened on one task: training, selection, storage, evaluation and the extension decision."""
+    """What happened on one task: training, selection, storage, evaluation and the extension decision.
+
+    ``unified`` holds, per direction (``"i2t"``, ``"t2i"``), the figures of the one index over every stored task
+    (:class:`pbeh.evaluation.UnifiedMetrics` as a dict): mAP, mAP@100 and P@10, per query task too, and the share of
+    each task's top 10 that comes from the newest task.
+
+    Example:
+        >>> from pbeh.data import synthetic_stream
+        >>> stream = synthetic_stream(n_tasks=2, seed=0)
+        >>> trainer = ContinualTrainer.for_stream(stream, n_bits=8, hidden_dims=(16,), config=TrainerConfig(epochs=1))
+        >>> report = trainer.fit(stream)[-1]
+        >>> report.task, report.n_bits, len(report.map_i2t), len(report.unified["i2t"]["per_task_p_at_10"])
+        (1, 8, 2, 2)
+    """
 
     task: int
     name: str

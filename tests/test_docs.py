@@ -125,7 +125,7 @@ def test_docstring_examples_run(module, tmp_path, monkeypatch):
 
 
 # Public names whose docstrings have no example yet (their modules' owners add one, then remove the name here).
-NO_EXAMPLE_YET = {"SearchResult", "TaskReport", "TrainerConfig"}
+NO_EXAMPLE_YET: set[str] = set()
 
 
 def test_every_public_name_has_a_docstring_example():

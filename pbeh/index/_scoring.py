@@ -105,6 +105,14 @@ class SearchResult:
         scores: ``float64``, the ranking score under ``score`` (larger = better).
         n_bits_compared: ``int32``, the number of compared bits ``min(query bits, stored bits)``.
         score: the score policy that produced the ranking.
+
+    Example:
+        >>> from pbeh import Codes, TruncatedHammingIndex
+        >>> index = TruncatedHammingIndex()
+        >>> _ = index.add(Codes.from_bool([[0, 0, 0, 0], [1, 1, 1, 1]]), ids=[7, 9])
+        >>> result = index.search(Codes.from_bool([[0, 0, 0, 1]]), k=3)
+        >>> result.ids.tolist(), result.distances.tolist(), result.n_bits_compared.tolist()
+        ([[7, 9, -1]], [[1, 3, -1]], [[4, 4, 0]])
     """
 
     ids: np.ndarray
