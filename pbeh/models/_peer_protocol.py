@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._validation import check_choice, check_positive_int
+from .._validation import check_choice, check_fraction, check_positive_int
 from ..codes import Codes
 from ..data import Split, Task, TaskStream
 from ..evaluation import unified_metrics
@@ -334,6 +334,33 @@ def load_state(module: nn.Module, arrays: dict[str, np.ndarray], path: str | Pat
                 f"{str(path)!r}: tensor {name!r} has shape {arrays[name].shape}, expected {tuple(tensor.shape)}"
             )
     module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, strict=True)
+
+
+def load_task_model(cls: type, directory: str | Path, *, kind: str) -> Any:
+    """Rebuild a per-task peer model written by :func:`save_module`: construct it from its config, add its tasks,
+    load its tensors strictly, and return it on CPU in eval mode."""
+    config, arrays = load_module_arrays(directory, kind=kind)
+    kwargs = {k: v for k, v in config.items() if k not in ("n_tasks", "pbeh_kind", "format_version")}
+    model = cls(**kwargs)
+    for _ in range(int(config.get("n_tasks", 0))):
+        model.add_task()
+    load_state(model, arrays, directory)
+    return model.eval()
+
+
+def check_protocol_fields(config: Any, selection: Sequence[str], weights: Sequence[str]) -> None:
+    """The checks every peer trainer config shares: epoch selection and its split, evaluation cadence, k and tie rule,
+    and loss weights that must be finite and >= 0 (``weights`` names the fields)."""
+    check_choice(config.select_on, "select_on", selection)
+    check_fraction(config.validation_fraction, "validation_fraction")
+    check_positive_int(config.eval_every, "eval_every")
+    if config.eval_k is not None:
+        check_positive_int(config.eval_k, "eval_k")
+    check_choice(config.ties, "ties", TIE_RULES)
+    for name in weights:
+        value = getattr(config, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
 
 
 def as_tensor(values: np.ndarray, device: torch.device) -> torch.Tensor:

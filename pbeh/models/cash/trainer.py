@@ -32,11 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..._validation import check_choice, check_fraction, check_int, check_positive_int, check_positive_real
+from ..._validation import check_choice, check_int, check_positive_int, check_positive_real
 from ...codes import Codes
 from ...data import Split, Task, TaskStream
 from ...metrics import ContinualMatrix
-from .._peer_protocol import TIE_RULES, as_tensor, evaluate_row, grow_matrix, summarize, unified_score
+from .._peer_protocol import as_tensor, check_protocol_fields, evaluate_row, grow_matrix, summarize, unified_score
 from . import losses
 from .model import CASHModel, fuse
 
@@ -101,16 +101,11 @@ class CASHConfig:
         check_positive_real(self.lr_decay, "lr_decay")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay: expected a number >= 0, got {self.weight_decay!r}")
-        check_choice(self.select_on, "select_on", SELECTION)
-        check_fraction(self.validation_fraction, "validation_fraction")
-        check_positive_int(self.eval_every, "eval_every")
-        if self.eval_k is not None:
-            check_positive_int(self.eval_k, "eval_k")
-        check_choice(self.ties, "ties", TIE_RULES)
-        for name in ("quantization", "fine", "coarse", "task", "distill", "exclude"):
-            value = getattr(self, f"{name}_weight")
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}_weight: expected a finite number >= 0, got {value!r}")
+        check_protocol_fields(
+            self,
+            SELECTION,
+            [f"{name}_weight" for name in ("quantization", "fine", "coarse", "task", "distill", "exclude")],
+        )
         check_positive_real(self.temperature, "temperature")
         check_int(self.seed, "seed")
 

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..._validation import check_choice, check_int, check_positive_int
 from ...codes import Codes
-from .._peer_protocol import FeatureInput, encode_rows, load_module_arrays, load_state, save_module
+from .._peer_protocol import FeatureInput, encode_rows, load_task_model, save_module
 
 __all__ = ["PICMHModel"]
 
@@ -220,10 +220,4 @@ class PICMHModel(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> PICMHModel:
         """Load a model written by :meth:`save_pretrained` (on CPU, eval mode)."""
-        config, arrays = load_module_arrays(directory, kind=_KIND)
-        kwargs = {k: v for k, v in config.items() if k not in ("n_tasks", "pbeh_kind", "format_version")}
-        model = cls(**kwargs)
-        for _ in range(int(config.get("n_tasks", 0))):
-            model.add_task()
-        load_state(model, arrays, directory)
-        return model.eval()
+        return load_task_model(cls, directory, kind=_KIND)

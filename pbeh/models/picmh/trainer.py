@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..._validation import check_choice, check_fraction, check_int, check_positive_int, check_positive_real
+from ..._validation import check_int, check_positive_int, check_positive_real
 from ...codes import Codes
 from ...data import Split, Task, TaskStream
 from ...metrics import ContinualMatrix
-from .._peer_protocol import TIE_RULES, as_tensor, evaluate_row, grow_matrix, summarize, unified_score
+from .._peer_protocol import as_tensor, check_protocol_fields, evaluate_row, grow_matrix, summarize, unified_score
 from .model import PICMHModel
 
 __all__ = ["PICMHConfig", "PICMHTrainer", "picmh_loss"]
@@ -83,16 +82,7 @@ class PICMHConfig:
         check_positive_int(self.batch_size, "batch_size")
         check_positive_real(self.lr, "lr")
         check_positive_real(self.end_lr, "end_lr")
-        check_choice(self.select_on, "select_on", SELECTION)
-        check_fraction(self.validation_fraction, "validation_fraction")
-        check_positive_int(self.eval_every, "eval_every")
-        if self.eval_k is not None:
-            check_positive_int(self.eval_k, "eval_k")
-        check_choice(self.ties, "ties", TIE_RULES)
-        for name in ("alpha", "beta", "gamma", "delta"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        check_protocol_fields(self, SELECTION, ("alpha", "beta", "gamma", "delta"))
         check_int(self.seed, "seed")
 
     @classmethod
