@@ -25,6 +25,7 @@ import numpy as np
 from .codes import Codes
 from .index import score_distances
 from .metrics import _ap_average, _harmonic
+from .metrics import expected_hits as expected_hits
 
 __all__ = ["LabelTable", "UnifiedMetrics", "chance_level", "expected_hits", "map_of_ranking", "unified_metrics"]
 
@@ -96,28 +97,6 @@ def chance_level(query_labels: np.ndarray, db_labels: np.ndarray) -> float:
         return float("nan")
     relevant = (q @ d.T) > 0
     return float(relevant.mean(axis=1).mean())
-
-
-def expected_hits(n_hist: np.ndarray, r_hist: np.ndarray, k: int) -> np.ndarray:
-    """Expected number of marked items among the first ``k`` of a ranking with ties in random order.
-
-    ``n_hist[q, l]`` items (``r_hist[q, l]`` of them marked) sit at score level ``l`` (0 = best) for query ``q``.
-    Levels better than the one straddling position ``k`` count fully; the straddling level contributes its
-    hypergeometric mean ``(k - before) * r / n``. ``k`` is capped at the number of items.
-    """
-    n = np.asarray(n_hist, dtype=np.float64)
-    r = np.asarray(r_hist, dtype=np.float64)
-    total = n.sum(axis=1)
-    k_eff = np.minimum(float(k), total)
-    cum_n = np.cumsum(n, axis=1)
-    cum_r = np.cumsum(r, axis=1)
-    rows = np.arange(len(n))
-    boundary = np.argmax(cum_n >= k_eff[:, None], axis=1)
-    before = cum_n[rows, boundary] - n[rows, boundary]
-    marked_before = cum_r[rows, boundary] - r[rows, boundary]
-    size = n[rows, boundary]
-    part = np.divide((k_eff - before) * r[rows, boundary], size, out=np.zeros(len(n)), where=size > 0)
-    return marked_before + part
 
 
 @dataclasses.dataclass(frozen=True)

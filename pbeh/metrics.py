@@ -50,6 +50,7 @@ __all__ = [
     "ContinualMatrix",
     "PRCurve",
     "average_precision_per_query",
+    "expected_hits",
     "map_at_k",
     "pr_curve",
     "precision_at_k",
@@ -402,6 +403,28 @@ def _ap_average(n_hist: np.ndarray, r_hist: np.ndarray, k: int, harmonic: np.nda
     return out
 
 
+def expected_hits(n_hist: np.ndarray, r_hist: np.ndarray, k: int) -> np.ndarray:
+    """Expected number of marked items among the first ``k`` of a ranking with ties in random order.
+
+    ``n_hist[q, l]`` items (``r_hist[q, l]`` of them marked) sit at score level ``l`` (0 = best) for query ``q``.
+    Levels better than the one straddling position ``k`` count fully; the straddling level contributes its
+    hypergeometric mean ``(k - before) * r / n``. ``k`` is capped at the number of items.
+    """
+    n = np.asarray(n_hist, dtype=np.float64)
+    r = np.asarray(r_hist, dtype=np.float64)
+    total = n.sum(axis=1)
+    k_eff = np.minimum(float(k), total)
+    cum_n = np.cumsum(n, axis=1)
+    cum_r = np.cumsum(r, axis=1)
+    rows = np.arange(len(n))
+    boundary = np.argmax(cum_n >= k_eff[:, None], axis=1)
+    before = cum_n[rows, boundary] - n[rows, boundary]
+    marked_before = cum_r[rows, boundary] - r[rows, boundary]
+    size = n[rows, boundary]
+    part = np.divide((k_eff - before) * r[rows, boundary], size, out=np.zeros(len(n)), where=size > 0)
+    return marked_before + part
+
+
 # ====================================================================================================== public API
 def average_precision_per_query(
     query_codes: Codes | np.ndarray,
@@ -551,13 +574,7 @@ def _hits_at_k(
             hits[start:stop] = [np.count_nonzero(ranked) for ranked in _sorted_relevance(dist, rel, k_eff)]
             continue
         n_hist, r_hist = _histograms(dist, rel, problem.n_bits)
-        cum_n = np.cumsum(n_hist, axis=1)
-        rows = np.arange(stop - start)
-        boundary = np.argmax(cum_n >= k_eff, axis=1)
-        before = cum_n[rows, boundary] - n_hist[rows, boundary]
-        rel_before = np.cumsum(r_hist, axis=1)[rows, boundary] - r_hist[rows, boundary]
-        # Expected relevant items among the (k - before) boundary positions: hypergeometric mean.
-        hits[start:stop] = rel_before + (k_eff - before) * r_hist[rows, boundary] / n_hist[rows, boundary]
+        hits[start:stop] = expected_hits(n_hist, r_hist, k_eff)
     return hits, total, k_eff
 
 
