@@ -387,6 +387,26 @@ def test_run_on_stream_joint_and_continual_against_direct_metrics():
     )
     assert r["unified_t2i_tie_avg"] == pytest.approx(want_unified)
     assert 0 < r["unified_chance"] < 1
+    # P@10 and the newest task's share of the top 10, tie-averaged, by brute force over every stored code
+    q_codes = model.encode(queries.text, "text", n_bits=16).to_bool()
+    db_codes = model.encode(db.image, "image", n_bits=16).to_bool()
+    relevant = (queries.labels @ db.labels.T) > 0
+    newest = np.concatenate([np.full(len(t.database.labels), t_i == len(stream) - 1) for t_i, t in enumerate(stream)])
+    q_task = np.concatenate([np.full(len(t.query.labels), t_i) for t_i, t in enumerate(stream)])
+    p10, share = [], []
+    for qi in range(len(q_codes)):
+        dist = (q_codes[qi][None, :] != db_codes).sum(axis=1)
+        cut = np.sort(dist)[9]
+        inside, tied = dist < cut, dist == cut
+        free = 10 - inside.sum()
+        p10.append((relevant[qi, inside].sum() + free * relevant[qi, tied].mean()) / 10)
+        share.append((newest[inside].sum() + free * newest[tied].mean()) / 10)
+    p10, share = np.array(p10), np.array(share)
+    assert r["unified_t2i_p10"] == pytest.approx(p10.mean())
+    assert r["unified_t2i_p10_per_task"] == pytest.approx([p10[q_task == t].mean() for t in range(len(stream))])
+    assert r["unified_t2i_newest_share_per_task"] == pytest.approx(
+        [share[q_task == t].mean() for t in range(len(stream))]
+    )
 
     cont = run_on_stream(stream, protocol="continual", **kwargs)
     rc = cont["results"]["8"]

@@ -24,7 +24,7 @@ import numpy as np
 from ..._validation import check_choice, check_int, check_optional_positive_int, check_positive_int
 from ...codes import Codes
 from ...data import Split, TaskStream
-from ...evaluation import LabelTable, chance_level, map_of_ranking
+from ...evaluation import LabelTable, chance_level, map_of_ranking, unified_metrics
 from ...index import TruncatedHammingIndex
 from ...metrics import ContinualMatrix, map_at_k
 from .fit import fit
@@ -102,7 +102,10 @@ def run_on_stream(
         ``{"method", "mode", "label", "protocol", "dataset", "seed", "lengths", "nested", "epochs", "dim", "ties",
         "seconds", "fit_seconds", "results": {str(K): {"R_i2t", "R_t2i" (lists, None = not evaluated),
         "mean_i2t", "mean_t2i", "bwt_i2t", "bwt_t2i", "unified_i2t", "unified_t2i", "unified_i2t_tie_avg",
-        "unified_t2i_tie_avg", "unified_chance", "bytes_per_item"}}}``.
+        "unified_t2i_tie_avg", "unified_chance", "bytes_per_item", and per direction ``d`` the trainer's
+        top-of-ranking figures from :func:`pbeh.evaluation.unified_metrics` (tie-averaged): "unified_{d}_p10",
+        "unified_{d}_map100", "unified_{d}_p10_per_task", "unified_{d}_map100_per_task",
+        "unified_{d}_newest_share_per_task"}}}``.
     """
     if not isinstance(stream, TaskStream):
         raise TypeError(f"stream: expected a pbeh.data.TaskStream, got {type(stream).__name__}")
@@ -134,6 +137,7 @@ def run_on_stream(
     indexes = {k: (TruncatedHammingIndex(), TruncatedHammingIndex()) for k in stored_lengths}  # (image, text)
     matrices = {k: ContinualMatrix(n_tasks) for k in lengths}
     unified: dict[int, dict[str, float]] = {}
+    unified_lists: dict[int, dict[str, Any]] = {k: {} for k in lengths}
     fit_seconds = 0.0
 
     def store(task_index: int) -> None:
@@ -172,6 +176,20 @@ def run_on_stream(
                 ),
                 "unified_chance": chance_level(q_labels, db_labels),
             }
+            # The trainer's top-of-ranking figures (tie-averaged), per query task: P@10, mAP@100, newest task's share.
+            q_tasks = np.concatenate(
+                [np.full(len(task.query.labels), i, dtype=np.int64) for i, task in enumerate(seen)]
+            )
+            for direction, q_codes, index in (("i2t", q_img, text_index), ("t2i", q_txt, image_index)):
+                figures = unified_metrics(
+                    q_codes,
+                    q_labels,
+                    q_tasks,
+                    [index.get_codes(task.database.ids) for task in seen],
+                    [task.database.labels for task in seen],
+                    ties="average",
+                )
+                unified_lists[k][direction] = figures
 
     if protocol == "joint":
         report = fit(model, stream.joint().train, seed=seed, **fit_options)
@@ -200,6 +218,17 @@ def run_on_stream(
             "bwt_i2t": m.bwt("i2t"),
             "bwt_t2i": m.bwt("t2i"),
             **{name: float(v) for name, v in unified[k].items()},
+            **{
+                f"unified_{d}_{name}": getattr(unified_lists[k][d], attr)
+                for d in ("i2t", "t2i")
+                for name, attr in (
+                    ("p10", "p_at_10"),
+                    ("map100", "map_at_100"),
+                    ("p10_per_task", "per_task_p_at_10"),
+                    ("map100_per_task", "per_task_map_at_100"),
+                    ("newest_share_per_task", "per_task_newest_share"),
+                )
+            },
             "bytes_per_item": ((lengths[-1] if nested else k) + 7) // 8,  # per item and modality
         }
     return {
