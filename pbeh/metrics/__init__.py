@@ -42,9 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_choice, check_optional_positive_int, check_positive_int, check_real, to_numpy
-from .codes import Codes
-from .serialization import FormatError, atomic_write_bytes, read_json, write_json
+from .._validation import check_choice, check_optional_positive_int, check_positive_int, check_real, to_numpy
+from ..codes import Codes
+from ..serialization import FormatError, atomic_write_bytes, read_json, write_json
 
 __all__ = [
     "ContinualMatrix",
@@ -249,7 +249,7 @@ def _prepare(query_codes: Any, db_codes: Any, query_labels: Any, db_labels: Any,
 def _popcount64(x: np.ndarray, out: np.ndarray) -> np.ndarray:
     if hasattr(np, "bitwise_count"):
         return np.bitwise_count(x, out=out)
-    from .codes import popcount  # numpy < 2: table lookup on bytes
+    from ..codes import popcount  # numpy < 2: table lookup on bytes
 
     out[...] = popcount(x.view(np.uint8)).reshape(*x.shape, 8).sum(axis=-1, dtype=out.dtype)
     return out
