@@ -209,6 +209,72 @@ def test_streamed_save_writes_the_bytes_of_the_in_memory_writer(tmp_path: Path):
     assert (tmp_path / "streamed.safetensors").read_bytes() == (tmp_path / "memory.safetensors").read_bytes()
 
 
+@pytest.mark.parametrize("n_bits", [1, 3, 8, 12, 17, 24, 28, 33, 40, 41, 48, 56, 57, 64, 72, 130, 160, 260, 520])
+def test_pad_and_unpad_rows_equal_plain_numpy_slicing(n_bits):
+    from pbeh import _faiss
+    from pbeh.index._files import pad_rows, unpad_rows
+
+    rng = np.random.default_rng(n_bits)
+    n_bytes = (n_bits + 7) // 8
+    code_size = _faiss.padded_code_size(n_bytes)
+    for rows in (1, 2, 7, 300):
+        packed = random_codes(rng, rows, n_bits).packed
+        staged = rng.integers(0, 256, rows * n_bytes + code_size, dtype=np.uint8)  # garbage after the codes
+        staged[: rows * n_bytes] = packed.reshape(-1)
+        out = rng.integers(0, 256, (rows, code_size), dtype=np.uint8)  # garbage to be overwritten
+        pad_rows(staged, rows, n_bytes, out)
+        expected = np.zeros((rows, code_size), np.uint8)
+        expected[:, :n_bytes] = packed
+        np.testing.assert_array_equal(out, expected)
+        np.testing.assert_array_equal(unpad_rows(expected, n_bytes), packed)
+        assert unpad_rows(expected, n_bytes).flags.c_contiguous
+        wider = np.zeros((rows, 2 * code_size), np.uint8)
+        wider[:, :code_size] = expected
+        np.testing.assert_array_equal(unpad_rows(wider[:, :code_size], n_bytes), packed)  # a non-contiguous block
+
+
+@pytest.mark.parametrize("block_bytes", [1, 24, 1000])
+def test_loading_in_small_blocks_equals_the_plain_reader(tmp_path: Path, monkeypatch, block_bytes):
+    # The block reader pads, checks and hashes block by block; the plain reader (load_safetensors) reads the whole
+    # file at once. Both must see the same codes and ids, whatever the block size.
+    from pbeh.index import _files
+    from pbeh.serialization import load_safetensors
+
+    rng = np.random.default_rng(block_bytes)
+    index = TruncatedHammingIndex(backend=SMALL_CHUNKS)
+    for n_bits in (5, 12, 24, 28, 33, 48, 56, 64, 72, 130):
+        index.add(random_codes(rng, int(rng.integers(1, 300)), n_bits))
+    path = tmp_path / "i.safetensors"
+    index.save(path)
+    monkeypatch.setattr(_files, "_BLOCK_BYTES", block_bytes)
+    loaded = TruncatedHammingIndex.load(path, backend=FlatBackend(chunk_bytes=1024))
+    arrays, _ = load_safetensors(path, kind="index", format_version=1)
+    for n_bits, _ in index.segments:
+        ids = arrays[f"ids.{n_bits}"]
+        np.testing.assert_array_equal(loaded.get_ids(n_bits=n_bits), ids)
+        np.testing.assert_array_equal(loaded.get_codes(ids, n_bits=n_bits).packed, arrays[f"codes.{n_bits}"])
+    loaded.save(tmp_path / "again.safetensors")  # small blocks on the way out too
+    assert (tmp_path / "again.safetensors").read_bytes() == path.read_bytes()
+    query = random_codes(rng, 3, 64)
+    same_results(index.search(query, 50), loaded.search(query, 50))
+
+
+@pytest.mark.parametrize(
+    "ids", [[0, 1, 2, 3, 2, 5], [0, 1, 2, 2, 4, 5], [0, 1, 2, 1, 4, 5], [-1, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 4]]
+)
+def test_unsorted_ids_are_refused_at_block_boundaries_too(tmp_path: Path, monkeypatch, ids):
+    from pbeh.index import _files
+
+    monkeypatch.setattr(_files, "_BLOCK_BYTES", 24)  # three ids per block: [0:3], [3:6]
+    meta = dict(
+        bit_order="big", segment_n_bits=[16], segment_sizes=[6], score="zscore", flip_probability=0.2, next_id=9
+    )
+    tensors = {"codes.16": np.zeros((6, 2), np.uint8), "ids.16": np.array(ids, np.int64)}
+    save_safetensors(tmp_path / "bad.safetensors", tensors, kind="index", format_version=1, metadata=meta)
+    with pytest.raises(FormatError, match="ids.16 must be non-empty, non-negative and strictly increasing"):
+        TruncatedHammingIndex.load(tmp_path / "bad.safetensors")
+
+
 def test_round_trip_through_small_chunks_keeps_every_result(tmp_path: Path):
     rng = np.random.default_rng(8)
     index = _mixed_index(rng)
