@@ -271,7 +271,7 @@ def test_unsorted_ids_are_refused_at_block_boundaries_too(tmp_path: Path, monkey
     )
     tensors = {"codes.16": np.zeros((6, 2), np.uint8), "ids.16": np.array(ids, np.int64)}
     save_safetensors(tmp_path / "bad.safetensors", tensors, kind="index", format_version=1, metadata=meta)
-    with pytest.raises(FormatError, match="ids.16 must be non-empty, non-negative and strictly increasing"):
+    with pytest.raises(FormatError, match=r"ids\.16 must be non-empty, non-negative and strictly increasing"):
         TruncatedHammingIndex.load(tmp_path / "bad.safetensors")
 
 
