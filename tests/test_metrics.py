@@ -197,8 +197,8 @@ def test_chunking_and_tiling_do_not_change_results(n_bits, monkeypatch):
                 other = average_precision_per_query(q, db, ql, dl, k=k, ties=ties, chunk_size=chunk)
                 np.testing.assert_allclose(other, base, rtol=1e-13, atol=0)
     # tiny tiles (many column tiles, several 64-bit words) and tiny hypergeometric grids
-    monkeypatch.setattr(M, "_TILE_PAIRS", 1)
-    monkeypatch.setattr(M, "_GRID_ENTRIES", 1)
+    monkeypatch.setattr(M._ranking, "_TILE_PAIRS", 1)
+    monkeypatch.setattr(M._average_precision, "_GRID_ENTRIES", 1)
     for ties in ("reference", "average"):
         for k in (None, 7):
             np.testing.assert_allclose(
