@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .data import TaskStream
-from .extension import ModeCenterRule, NeverExtend
+from .extension import ExtensionPolicy, ModeCenterRule, NeverExtend
 from .losses import LossWeights
 from .trainer import ContinualTrainer, TrainerConfig
 
@@ -49,9 +49,19 @@ def build_trainer(
     rho: float = 0.1,
     delta: int = 1,
     seed: int = 2025,
+    extension_policy: ExtensionPolicy | None = None,
     **trainer_kwargs: Any,
 ) -> ContinualTrainer:
-    """A trainer configured as ``method`` (one of :data:`METHODS`) for ``stream``'s feature widths."""
+    """A trainer configured as ``method`` (one of :data:`METHODS`) for ``stream``'s feature widths.
+
+    ``extension_policy`` replaces the mode-centre rule (built from ``rho`` and ``delta``) of the methods that extend
+    (``"pbeh"``, ``"pbeh-no-replay"``, ``"pbeh-no-stored"``, ``"pbeh-reference"``); the methods that never extend
+    refuse it.
+    """
+    if extension_policy is not None and not isinstance(extension_policy, ExtensionPolicy):
+        raise ValueError(
+            f"extension_policy: expected an ExtensionPolicy or None, got {type(extension_policy).__name__}"
+        )
     base = config or TrainerConfig()
     weights = LossWeights.pbeh()
     pool_kwargs: dict[str, Any] = {}
@@ -95,6 +105,10 @@ def build_trainer(
         policy = NeverExtend()
     else:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if extension_policy is not None:
+        if isinstance(policy, NeverExtend):
+            raise ValueError(f"extension_policy: method {method!r} never extends, so it takes no extension policy")
+        policy = extension_policy
     return ContinualTrainer.for_stream(
         stream,
         n_bits=n_bits,
@@ -121,6 +135,7 @@ def run_method(
     rho: float = 0.1,
     delta: int = 1,
     seed: int = 2025,
+    extension_policy: ExtensionPolicy | None = None,
 ) -> tuple[ContinualTrainer, dict[str, Any]]:
     """Train ``method`` on ``stream`` and return the trainer and its summary (with ``seconds``).
 
@@ -129,7 +144,15 @@ def run_method(
     """
     started = time.perf_counter()
     trainer = build_trainer(
-        method, stream, n_bits=n_bits, hidden_dims=hidden_dims, config=config, rho=rho, delta=delta, seed=seed
+        method,
+        stream,
+        n_bits=n_bits,
+        hidden_dims=hidden_dims,
+        config=config,
+        rho=rho,
+        delta=delta,
+        seed=seed,
+        extension_policy=extension_policy,
     )
     if method == "joint":
         trainer.fit([stream.joint()], resume=False)

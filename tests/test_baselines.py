@@ -13,7 +13,7 @@ from test_trainer import SUMMARY_KEYS as TRAINER_SUMMARY_KEYS
 
 from pbeh.baselines import METHODS, build_trainer, run_method
 from pbeh.data import TaskStream, synthetic_stream
-from pbeh.extension import ModeCenterRule, NeverExtend
+from pbeh.extension import CollisionRule, ModeCenterRule, NeverExtend
 from pbeh.trainer import ContinualTrainer, TrainerConfig
 
 N_BITS = 8
@@ -116,6 +116,17 @@ def test_build_trainer_configures_each_method(stream, tmp_path):
     # otherwise the same recipe as pbeh, so the comparison isolates prompts, anchor and stored codes
     assert finetune.loss_weights.contrastive == build_trainer("pbeh", stream, **common).loss_weights.contrastive
     assert not finetune.model.use_prompts
+
+
+def test_build_trainer_takes_an_extension_policy(stream):
+    common = {"n_bits": N_BITS, "hidden_dims": (16,), "config": make_config(epochs=3)}
+    rule = CollisionRule(rho=0.2, delta=3)
+    assert build_trainer("pbeh", stream, extension_policy=rule, **common).extension_policy == rule
+    assert build_trainer("pbeh-no-replay", stream, extension_policy=rule, **common).extension_policy == rule
+    with pytest.raises(ValueError, match="extension_policy: method 'fixed-length' never extends"):
+        build_trainer("fixed-length", stream, extension_policy=rule, **common)
+    with pytest.raises(ValueError, match="extension_policy: expected an ExtensionPolicy or None, got str"):
+        build_trainer("pbeh", stream, extension_policy="collision", **common)
 
 
 def test_finetune_codes_ignore_the_prompts(results, stream):
