@@ -275,6 +275,29 @@ def test_unsorted_ids_are_refused_at_block_boundaries_too(tmp_path: Path, monkey
         TruncatedHammingIndex.load(tmp_path / "bad.safetensors")
 
 
+def test_tensors_in_any_file_order_load(tmp_path: Path):
+    # safetensors fixes no order for the data of its tensors: ids stored before their codes are read as well.
+    codes = Codes.from_bool(np.eye(3, 16, dtype=bool))
+    meta = {
+        "pbeh_kind": "index", "format_version": "1", "pbeh_version": "0.1.0", "bit_order": "big",
+        "segment_n_bits": "[16]", "segment_sizes": "[3]", "score": "zscore", "flip_probability": "0.2", "next_id": "5",
+    }  # fmt: skip
+    header = {
+        "__metadata__": meta,
+        "ids.16": {"dtype": "I64", "shape": [3], "data_offsets": [0, 24]},
+        "codes.16": {"dtype": "U8", "shape": [3, 2], "data_offsets": [24, 30]},
+    }
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = tmp_path / "ids_first.safetensors"
+    path.write_bytes(
+        struct.pack("<Q", len(raw)) + raw + np.array([1, 2, 4], np.int64).tobytes() + codes.packed.tobytes()
+    )
+    loaded = TruncatedHammingIndex.load(path)
+    assert loaded.get_codes([1, 2, 4]) == codes
+    assert loaded.next_id == 5
+
+
 def test_round_trip_through_small_chunks_keeps_every_result(tmp_path: Path):
     rng = np.random.default_rng(8)
     index = _mixed_index(rng)

@@ -464,26 +464,25 @@ class TruncatedHammingIndex:
 
         The file is read in blocks straight into the index's storage, so memory peaks near the loaded index's own
         size. ``backend`` chooses where the loaded codes go (a Milvus backend must start empty). ``verify=False``
-        skips the content checksum (SHA-256, about as costly as reading the file from the page cache) for trusted
-        files; every structural check (shapes, sorted and disjoint ids, padding bits, next_id) still runs.
+        skips the content checksum (SHA-256, which costs two to four times a read of the file from the page cache)
+        for trusted files; every structural check (shapes, sorted and disjoint ids, padding bits, next_id) still runs.
 
         Raises:
             FormatError: the file is missing, truncated, damaged (checksum), of another format version, not a pbeh
                 index, or inconsistent (tensors that do not match the header, unsorted or negative ids, ...).
         """
         verify = check_bool(verify, "verify")
-        meta = _files.read_index_metadata(path)
-        index = cls(
-            score=meta["score"],
-            threads=threads,
-            flip_probability=meta["flip_probability"],
-            backend=backend,
-            cache_bytes=cache_bytes,
-        )
-        if len(index):
-            raise ValueError(f"backend: loading needs an empty backend, {index.backend!r} holds {len(index)} codes")
-        index._segments = _files.load_segments(
-            path, meta, lambda n_bits: index._backend.new_segment(n_bits, index._cache), verify=verify
-        )
+        with _files.IndexFile(path, verify=verify) as file:  # the header is read once, from the open file
+            meta = file.meta
+            index = cls(
+                score=meta["score"],
+                threads=threads,
+                flip_probability=meta["flip_probability"],
+                backend=backend,
+                cache_bytes=cache_bytes,
+            )
+            if len(index):
+                raise ValueError(f"backend: loading needs an empty backend, {index.backend!r} holds {len(index)} codes")
+            index._segments = file.read_segments(lambda n_bits: index._backend.new_segment(n_bits, index._cache))
         index._next_id = meta["next_id"]
         return index

@@ -21,11 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from ..serialization import FormatError, SafetensorsBlockReader, read_safetensors_metadata, save_safetensors_streaming
+from ..serialization import (
+    CHECKSUM_KEY,
+    FormatError,
+    SafetensorsBlockReader,
+    read_safetensors_metadata,
+    save_safetensors_streaming,
+)
 from ._flat import _tail_mask
 from ._scoring import INT64_MAX, SCORE_POLICIES
 
-__all__ = ["BIT_ORDER", "FORMAT_VERSION", "load_segments", "read_index_metadata", "save_index"]
+__all__ = ["BIT_ORDER", "FORMAT_VERSION", "IndexFile", "read_index_metadata", "save_index"]
 
 FORMAT_VERSION = 1
 KIND = "index"
@@ -95,15 +101,35 @@ def read_index_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return _parse_header(path, read_safetensors_metadata(path, kind=KIND))
 
 
-def load_segments(
-    path: str | os.PathLike[str], meta: dict[str, Any], make_segment: Callable[[int], Any], *, verify: bool = True
-) -> dict[int, Any]:
-    """Read the segments of a saved index into new segments from ``make_segment(n_bits)``; every problem is a
-    :class:`FormatError`."""
-    where = repr(str(path))
-    segments: dict[int, Any] = {}
-    loaded: dict[int, tuple[list[np.ndarray], np.ndarray]] = {}
-    with SafetensorsBlockReader(path, kind=KIND, format_version=FORMAT_VERSION, verify=verify) as reader:
+class IndexFile:
+    """A saved index opened for loading: the header is read and checked once (:attr:`meta`, as from
+    :func:`read_index_metadata`), then :meth:`read_segments` streams the data of the same open file.
+
+    Use as a context manager. Every problem is a :class:`FormatError`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, verify: bool = True) -> None:
+        self.path = path
+        self._reader = SafetensorsBlockReader(path, kind=KIND, format_version=FORMAT_VERSION, verify=verify)
+        try:
+            metadata = {k: v for k, v in self._reader.header.metadata.items() if k != CHECKSUM_KEY}
+            self.meta = _parse_header(path, metadata)
+        except BaseException:
+            self._reader.close()
+            raise
+
+    def __enter__(self) -> IndexFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._reader.close()
+
+    def read_segments(self, make_segment: Callable[[int], Any]) -> dict[int, Any]:
+        """Read every segment into a new segment from ``make_segment(n_bits)`` (tensors in any file order)."""
+        reader, meta, where = self._reader, self.meta, repr(str(self.path))
         tensors = reader.header.tensors
         expected = {f"{kind}.{n}" for n, _ in meta["segments"] for kind in ("codes", "ids")}
         if set(tensors) != expected:
@@ -122,23 +148,24 @@ def load_segments(
                 )
             if shape[0] != count:
                 raise FormatError(f"{where}: codes.{n_bits} has {shape[0]} rows, the header says {count}")
+        segments: dict[int, Any] = {}
         chunks: dict[int, list[np.ndarray]] = {}
+        ids_by_length: dict[int, np.ndarray] = {}
         for name in reader.order:
             kind, n_bits = name.split(".")[0], int(name.split(".")[1])
-            count = counts[n_bits]
             if kind == "codes":
                 segments[n_bits] = seg = make_segment(n_bits)
-                chunks[n_bits] = _read_codes(reader, name, n_bits, count, seg, where)
+                chunks[n_bits] = _read_codes(reader, name, n_bits, counts[n_bits], seg, where)
             else:
-                loaded[n_bits] = (chunks[n_bits], _read_ids(reader, name, n_bits, count, where))
+                ids_by_length[n_bits] = _read_ids(reader, name, n_bits, counts[n_bits], where)
         reader.finish()
-    _check_disjoint({n: ids for n, (_, ids) in loaded.items()}, where)
-    largest = max((int(ids[-1]) for _, ids in loaded.values()), default=-1)
-    if largest >= meta["next_id"]:
-        raise FormatError(f"{where}: next_id {meta['next_id']} is not above the largest id")
-    for n_bits, (seg_chunks, ids) in loaded.items():
-        segments[n_bits].adopt(seg_chunks, ids)
-    return segments
+        _check_disjoint(ids_by_length, where)
+        largest = max((int(ids[-1]) for ids in ids_by_length.values()), default=-1)
+        if largest >= meta["next_id"]:
+            raise FormatError(f"{where}: next_id {meta['next_id']} is not above the largest id")
+        for n_bits, ids in ids_by_length.items():
+            segments[n_bits].adopt(chunks[n_bits], ids)
+        return segments
 
 
 def _read_codes(reader: SafetensorsBlockReader, name: str, n_bits: int, count: int, seg: Any, where: str) -> list:
