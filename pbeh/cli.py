@@ -512,6 +512,31 @@ def _print_json(obj: Any) -> None:
 
 # ------------------------------------------------------------------------------------------------------ commands
 def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
+    """``pbeh train``; under ``torchrun --nproc_per_node N -m pbeh train ...`` every process runs it in one process
+    group (docs/distributed.md): rank 0 prints and writes the run files, the other ranks train silently."""
+    import contextlib
+    import os
+
+    from .training.distributed import init_from_env
+
+    try:
+        ctx = init_from_env()
+    except (ValueError, RuntimeError) as exc:
+        raise _UserError(f"torchrun environment: {exc}") from exc
+    if ctx is None:
+        return _train_in_process(args, progress, None)
+    import torch.distributed
+
+    try:
+        if ctx.is_main:
+            return _train_in_process(args, progress, ctx)
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            return _train_in_process(args, progress, ctx)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _train_in_process(args: argparse.Namespace, progress: dict[str, bool], ctx: Any) -> int:
     from .baselines import build_trainer
     from .serialization import write_json
     from .trainer import TrainerConfig
@@ -571,6 +596,9 @@ def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
         keep_task_checkpoints=args.keep_task_checkpoints,
         callbacks=[on_task],
     )
+    if ctx is not None and ctx.device.type == "cuda":
+        trainer.model.to(ctx.device)  # one process per GPU: rank r trains on cuda:<LOCAL_RANK>
+    main_process = ctx is None or ctx.is_main
     previous = args.out / "run.json"
     if previous.is_file() and not args.no_resume and (args.out / "latest.json").is_file():
         from .serialization import read_json
@@ -585,29 +613,35 @@ def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
                 "pass --no-resume (which overwrites it) or another --out"
             )
     args.out.mkdir(parents=True, exist_ok=True)
-    write_json(
-        args.out / "run.json",
-        {
-            "pbeh_kind": "cli_run",
-            "format_version": 1,
-            "pbeh_version": __version__,
-            "protocol": _protocol(args),
-            "data_dir": None if args.data_dir is None else str(args.data_dir),
-            "method": args.method,
-            "n_tasks": n_tasks,
-            "task_names": [t.name for t in stream],
-            "label_names": list(stream.label_names) if stream.label_names is not None else None,
-            "argv": sys.argv[1:],
-        },
-    )
+    if ctx is not None:
+        from .training.distributed import barrier
+
+        barrier(ctx)  # every rank has checked the previous run.json before rank 0 replaces it
+    if main_process:  # under torchrun, rank 0 writes the run files
+        write_json(
+            args.out / "run.json",
+            {
+                "pbeh_kind": "cli_run",
+                "format_version": 1,
+                "pbeh_version": __version__,
+                "protocol": _protocol(args),
+                "data_dir": None if args.data_dir is None else str(args.data_dir),
+                "method": args.method,
+                "n_tasks": n_tasks,
+                "task_names": [t.name for t in stream],
+                "label_names": list(stream.label_names) if stream.label_names is not None else None,
+                "argv": sys.argv[1:],
+            },
+        )
     progress["training"] = True
     if args.method == "joint":
         trainer.checkpoint_dir = None
         say("joint training: all tasks at once (the upper bound; not continual)")
         trainer.fit([stream.joint()], resume=False)
         trainer = trainer.evaluate_stream(stream)
-        trainer.save(args.out / "joint")
-        write_json(args.out / "latest.json", {"directory": "joint", "tasks_done": 1})
+        if main_process:
+            trainer.save(args.out / "joint")
+            write_json(args.out / "latest.json", {"directory": "joint", "tasks_done": 1})
     else:
         if not args.no_resume and (args.out / "latest.json").is_file():
             done = json.loads((args.out / "latest.json").read_text()).get("tasks_done", "?")
@@ -620,8 +654,9 @@ def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
         trainer.fit(stream, resume=not args.no_resume)
     progress["training"] = False
     summary = trainer.summary()
-    trainer.matrix.save_json(args.out / "matrix.json")
-    trainer.matrix.to_csv(args.out / "matrix.csv")
+    if main_process:
+        trainer.matrix.save_json(args.out / "matrix.json")
+        trainer.matrix.to_csv(args.out / "matrix.csv")
     if args.json:
         _print_json(summary)
         return 0

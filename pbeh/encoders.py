@@ -959,36 +959,116 @@ class FeatureCache:
 
         rows = self._rows(ids_arr)
         missing = np.flatnonzero(rows < 0)
+        ctx = _distributed_context()
+        if ctx is not None:
+            return self._get_or_encode_distributed(ids_arr, items, encode_fn, encoder_name, overwrite, missing, ctx)
         if len(missing):
             _logger.info("encoding %d of %d items not in %s", len(missing), len(ids_arr), self.path)
             new = _check_features(
                 encode_fn(_subset(items, missing)), n=len(missing), dim=self.dim, what="encode_fn output"
             )
-            # Append under a lock, on top of what is in the file now: another FeatureCache on the same file (in
-            # this process or another) may have appended since we read it, and its items must not be lost.
-            with _file_lock(self.path):
-                self._refresh()
-                if self._encoder_name is not None and self._encoder_name != encoder_name:
-                    if not overwrite:
-                        raise ValueError(
-                            f"encoder_name: the cache {str(self.path)!r} now holds features of "
-                            f"{self._encoder_name!r} (written meanwhile by another writer), got {encoder_name!r}"
-                        )
-                    self._features, self._encoder_name = None, None
-                    self._ids = np.empty(0, dtype=np.int64)
-                    self._order = np.empty(0, dtype=np.int64)
-                if self.dim is not None and new.shape[1] != self.dim:
-                    raise ValueError(f"encode_fn output: expected width {self.dim} (the cache's), got {new.shape[1]}")
-                fresh = self._rows(ids_arr[missing]) < 0  # items the other writer did not add meanwhile
-                all_ids = np.concatenate([self._ids, ids_arr[missing][fresh]])
-                all_feats = new[fresh] if self._features is None else np.concatenate([self._features, new[fresh]])
-                save_features(self.path, all_feats, all_ids, encoder_name=encoder_name, modality=self.modality)
-                self._stamp = _file_stamp(self.path)
-            self._features, self._ids, self._encoder_name = all_feats, all_ids, encoder_name
-            self._order = np.argsort(all_ids, kind="stable")
+            self._append(ids_arr[missing], new, encoder_name, overwrite)
             rows = self._rows(ids_arr)
         assert self._features is not None
         return self._features[rows]
+
+    def _append(self, new_ids: np.ndarray, new: np.ndarray, encoder_name: str, overwrite: bool) -> None:
+        """Add freshly encoded features to the file and to memory."""
+        # Append under a lock, on top of what is in the file now: another FeatureCache on the same file (in
+        # this process or another) may have appended since we read it, and its items must not be lost.
+        with _file_lock(self.path):
+            self._refresh()
+            if self._encoder_name is not None and self._encoder_name != encoder_name:
+                if not overwrite:
+                    raise ValueError(
+                        f"encoder_name: the cache {str(self.path)!r} now holds features of "
+                        f"{self._encoder_name!r} (written meanwhile by another writer), got {encoder_name!r}"
+                    )
+                self._features, self._encoder_name = None, None
+                self._ids = np.empty(0, dtype=np.int64)
+                self._order = np.empty(0, dtype=np.int64)
+            if self.dim is not None and new.shape[1] != self.dim:
+                raise ValueError(f"encode_fn output: expected width {self.dim} (the cache's), got {new.shape[1]}")
+            fresh = self._rows(new_ids) < 0  # items the other writer did not add meanwhile
+            all_ids = np.concatenate([self._ids, new_ids[fresh]])
+            all_feats = new[fresh] if self._features is None else np.concatenate([self._features, new[fresh]])
+            save_features(self.path, all_feats, all_ids, encoder_name=encoder_name, modality=self.modality)
+            self._stamp = _file_stamp(self.path)
+        self._features, self._ids, self._encoder_name = all_feats, all_ids, encoder_name
+        self._order = np.argsort(all_ids, kind="stable")
+
+    def _get_or_encode_distributed(
+        self,
+        ids_arr: np.ndarray,
+        items: Any,
+        encode_fn: Callable[[Any], Any],
+        encoder_name: str,
+        overwrite: bool,
+        missing: np.ndarray,
+        ctx: Any,
+    ) -> np.ndarray:
+        """:meth:`get_or_encode` under torch.distributed: every rank calls it with the same ids and items.
+
+        Rank 0's view of the file says which items are missing; each rank encodes a contiguous share of them, the
+        shares are gathered in rank order (which is the order one process encodes them in), rank 0 appends them to
+        the file (the same file one process writes, up to the encoder's float differences between batchings), and
+        the other ranks read it back once it is written.
+        """
+        from .training.distributed import all_gather_objects, barrier, broadcast_object, shard_bounds
+
+        missing = broadcast_object(missing, ctx)
+        if len(missing):
+            start, stop = shard_bounds(len(missing), ctx.world_size)[ctx.rank]
+            share = missing[start:stop]
+            _logger.info(
+                "rank %d: encoding %d of the %d items not in %s", ctx.rank, len(share), len(missing), self.path
+            )
+            error, mine = None, None
+            try:
+                if len(share):
+                    mine = _check_features(
+                        encode_fn(_subset(items, share)), n=len(share), dim=self.dim, what="encode_fn output"
+                    )
+            except (TypeError, ValueError) as exc:
+                error = f"rank {ctx.rank}: {exc}"
+            parts = all_gather_objects((error, mine), ctx)
+            errors = [e for e, _ in parts if e is not None]
+            widths = {m.shape[1] for _, m in parts if m is not None}
+            if not errors and len(widths) > 1:
+                errors = [f"encode_fn output: the ranks' features have different widths {sorted(widths)}"]
+            if errors:
+                raise ValueError("; ".join(errors))
+            new = np.concatenate([m for _, m in parts if m is not None])
+            failure = None
+            if ctx.is_main:
+                try:
+                    self._append(ids_arr[missing], new, encoder_name, overwrite)
+                except (OSError, ValueError) as exc:
+                    failure = f"rank 0 could not write {str(self.path)!r}: {type(exc).__name__}: {exc}"
+            failure = broadcast_object(failure, ctx)
+            if failure is not None:
+                raise ValueError(failure)
+            barrier(ctx)
+            if not ctx.is_main:
+                self._load()
+        rows = self._rows(ids_arr)
+        if np.any(rows < 0) or self._features is None:
+            raise ValueError(
+                f"path: {str(self.path)!r} lacks {int(np.sum(rows < 0))} requested ids after rank 0 wrote it; "
+                "every rank must see the same file (a shared filesystem) and call get_or_encode with the same ids"
+            )
+        return self._features[rows]
+
+
+def _distributed_context() -> Any:
+    """The torch.distributed context when this process is one of several, else None (torch is not imported for it)."""
+    import sys
+
+    if "torch.distributed" not in sys.modules:
+        return None
+    from .training.distributed import current
+
+    return current()
 
 
 def _file_stamp(path: Path) -> tuple[int, int, int] | None:

@@ -47,7 +47,7 @@ from .extension import (
     extension_policy_from_config,
 )
 from .index import TruncatedHammingIndex
-from .losses import SIMILARITY_TARGETS, LossWeights, label_similarity, pbeh_loss, stored_code_loss
+from .losses import SIMILARITY_TARGETS, LossWeights, anchor_loss, label_similarity, pbeh_loss, stored_code_loss
 from .metrics import ContinualMatrix, map_at_k
 from .model import CrossModalHashModel
 from .prototypes import ClassPrototypes
@@ -62,6 +62,17 @@ from .serialization import (
     staging_directory,
     write_json,
 )
+from .training.ddp import wrap_for_training
+from .training.distributed import (
+    DistributedContext,
+    DistributedMinibatchSampler,
+    MinibatchShare,
+    all_gather_rows,
+    barrier,
+    broadcast_object,
+    shard_bounds,
+)
+from .training.distributed import current as current_distributed
 
 __all__ = ["ContinualTrainer", "ResumeMismatchError", "TaskReport", "TrainerConfig"]
 
@@ -603,14 +614,23 @@ class ContinualTrainer:
             self._anchors.append(self.model.anchor_codes(t).detach().clone())
         self._prototypes.append(ClassPrototypes.fit(task.train.image, task.train.text, task.train.labels))
 
-        collapse = self._collapse_check(task, image_codes, text_codes)
-        query_codes = self._encode_queries()
-        row_i2t, row_t2i = self._evaluate_rows(t, query_codes)
-        unified = self._unified_scores(query_codes)
+        ctx = current_distributed()
+        if ctx is None:
+            collapse, row_i2t, row_t2i, unified, drift, decision = self._evaluate_and_decide(
+                t, task, image_codes, text_codes
+            )
+        else:
+            # Evaluation and the extension decision run on rank 0; every rank takes its results, so the next task
+            # (extension, replay, stored-code targets) and the reports are the same everywhere.
+            results = None
+            if ctx.is_main:
+                results = (*self._evaluate_and_decide(t, task, image_codes, text_codes), self.matrix.to_dict())
+            collapse, row_i2t, row_t2i, unified, drift, decision, matrix = broadcast_object(results, ctx)
+            if not ctx.is_main:
+                self.matrix = ContinualMatrix.from_dict(matrix)
+                self._pending_extension = int(decision.n_new_bits)
         unified_i2t, unified_t2i = unified["i2t"]["map_all"], unified["t2i"]["map_all"]
         chance = unified["i2t"]["chance"]
-        drift = self._prefix_drift()
-        decision = self._decide_extension(t)
 
         self.matrix.record_scalar("n_bits", t, float(n_bits))
         self.matrix.record_scalar("unified_i2t", t, unified_i2t)
@@ -650,10 +670,27 @@ class ContinualTrainer:
             decision.reason,
         )  # fmt: skip
         if self.checkpoint_dir is not None:
-            self._write_checkpoint(self.checkpoint_dir)
-        for callback in self.callbacks:
-            callback(report)
+            barrier(ctx)  # every rank has finished the task before rank 0 replaces the checkpoint
+            if ctx is None or ctx.is_main:
+                self._write_checkpoint(self.checkpoint_dir)
+            barrier(ctx)  # and no rank goes on (or exits) before the checkpoint is complete
+        if ctx is None or ctx.is_main:
+            for callback in self.callbacks:
+                callback(report)
         return report
+
+    def _evaluate_and_decide(
+        self, t: int, task: Task, image_codes: Codes, text_codes: Codes
+    ) -> tuple[dict[str, Any], list[float], list[float], dict[str, Any], float | None, ExtensionDecision]:
+        """After task ``t`` is stored: collapse check, row ``t`` of the matrix, the unified scores, the prefix drift
+        and the extension decision (rank 0's work under torch.distributed)."""
+        collapse = self._collapse_check(task, image_codes, text_codes)
+        query_codes = self._encode_queries()
+        row_i2t, row_t2i = self._evaluate_rows(t, query_codes)
+        unified = self._unified_scores(query_codes)
+        drift = self._prefix_drift()
+        decision = self._decide_extension(t)
+        return collapse, row_i2t, row_t2i, unified, drift, decision
 
     def _store(self, task: Task) -> tuple[Codes, Codes]:
         """Encode the task's database once, at the current length, into the indexes; it is never re-encoded."""
@@ -760,6 +797,15 @@ class ContinualTrainer:
         text = _tensor(train.text, device)
         labels = _tensor(train.labels, device)
         optimizer = self._optimizer(t)
+        ctx = current_distributed()
+        # Under torch.distributed: DDP over this task's trainable parameters (rebuilt every task, so after a new
+        # prompt pool and an extension) and each rank's share of the same seeded global minibatches.
+        step_module = wrap_for_training(self.model, ctx) if ctx is not None else None
+        sampler = (
+            DistributedMinibatchSampler(len(train), cfg.batch_size, rank=ctx.rank, world_size=ctx.world_size)
+            if ctx is not None
+            else None
+        )
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + t)
         stored_anchors = self._anchors[:t] if self.loss_weights.anchor > 0 else []
         stored_targets = self._stored_targets(t) if self.loss_weights.stored_codes > 0 else []
@@ -777,32 +823,49 @@ class ContinualTrainer:
         n = len(train)
         for epoch in epochs:
             self.model.train()
-            order = torch.randperm(n, generator=generator).to(device)
             sums: dict[str, float] = {}
             total, batches = 0.0, 0
-            for start in range(0, n, cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                if len(idx) < 2 and n >= 2:
-                    continue  # a single item gives no pairwise signal
-                batch = (image[idx], text[idx], labels[idx])
-                if replay is not None:
-                    pseudo = replay.sample(cfg.prototype_replay, replay_rng, noise=cfg.prototype_noise)
-                    batch = tuple(
-                        torch.cat([part, _tensor(extra, device)]) for part, extra in zip(batch, pseudo, strict=True)
-                    )
-                loss, terms = self._loss(*batch, t, stored_anchors, stored_targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach())
-                batches += 1
-                for key, value in terms.items():
-                    sums[key] = sums.get(key, 0.0) + value
+            if sampler is None:
+                order = torch.randperm(n, generator=generator).to(device)
+                for start in range(0, n, cfg.batch_size):
+                    idx = order[start : start + cfg.batch_size]
+                    if len(idx) < 2 and n >= 2:
+                        continue  # a single item gives no pairwise signal
+                    batch = (image[idx], text[idx], labels[idx])
+                    if replay is not None:
+                        pseudo = replay.sample(cfg.prototype_replay, replay_rng, noise=cfg.prototype_noise)
+                        batch = tuple(
+                            torch.cat([part, _tensor(extra, device)]) for part, extra in zip(batch, pseudo, strict=True)
+                        )
+                    loss, terms = self._loss(*batch, t, stored_anchors, stored_targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += float(loss.detach())
+                    batches += 1
+                    for key, value in terms.items():
+                        sums[key] = sums.get(key, 0.0) + value
+            else:
+                assert ctx is not None
+                assert step_module is not None
+                for share in sampler.epoch(generator):  # the same randperm draw, cut into the same batches
+                    pseudo = None
+                    if replay is not None:  # every rank draws the same pseudo items and keeps its share
+                        pseudo = replay.sample(cfg.prototype_replay, replay_rng, noise=cfg.prototype_noise)
+                    loss, terms = self._distributed_step(
+                        step_module, optimizer, ctx, share, (image, text, labels), pseudo, stored_anchors,
+                        stored_targets,
+                    )  # fmt: skip
+                    total += float(loss.detach())
+                    batches += 1
+                    for key, value in terms.items():
+                        sums[key] = sums.get(key, 0.0) + value
             last_loss = total / max(batches, 1)
             last_terms = {k: v / max(batches, 1) for k, v in sums.items()}
             record = {"epoch": float(epoch), "loss": last_loss}
             if cfg.select_on != "last" and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                score = self._selection_score(train, validation, task)
+                score = self._selection_score(train, validation, task) if ctx is None or ctx.is_main else None
+                score = broadcast_object(score, ctx)  # rank 0 selects; every rank keeps the same best epoch
                 record["selection_score"] = score
                 if best_score is None or score > best_score:
                     best_score, best_epoch = score, epoch
@@ -835,6 +898,23 @@ class ContinualTrainer:
             cross_image = (h_image, self.model.hash_from_z(z_image, "text"))
             cross_text = (h_text, self.model.hash_from_z(z_text, "image"))
         anchor_current = [self.model.anchor_codes(s) for s in range(len(stored_anchors))]
+        return self._loss_from_outputs(
+            h_image, h_text, labels, cross_image, cross_text, stored_anchors, anchor_current, stored_targets
+        )
+
+    def _loss_from_outputs(
+        self,
+        h_image: torch.Tensor,
+        h_text: torch.Tensor,
+        labels: torch.Tensor,
+        cross_image: tuple[torch.Tensor, torch.Tensor] | None,
+        cross_text: tuple[torch.Tensor, torch.Tensor] | None,
+        stored_anchors: Sequence[torch.Tensor],
+        anchor_current: Sequence[torch.Tensor],
+        stored_targets: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The PBEH objective plus the stored-code term, from the batch's outputs."""
+        w = self.loss_weights
         total, terms = pbeh_loss(
             h_image,
             h_text,
@@ -858,6 +938,61 @@ class ContinualTrainer:
             total = total + w.stored_codes * term
             terms["stored_codes"] = float(term.detach())
         return total, terms
+
+    def _distributed_step(
+        self,
+        step_module: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ctx: DistributedContext,
+        share: MinibatchShare,
+        features: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        pseudo: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        stored_anchors: list[torch.Tensor],
+        stored_targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """One optimiser step of one rank under DDP; returns the global batch's loss (the same on every rank).
+
+        The rank runs the model on its share of the batch (and of the replayed pseudo items), gathers every rank's
+        outputs in one process's batch order with the gradient kept on its own rows (:func:`all_gather_rows`), and
+        evaluates the whole objective on the global batch, so the pairwise and contrastive terms see every pair.
+        Each rank's backward then yields its part of the global gradient. DDP averages the ranks' gradients, so the
+        batch terms are backpropagated ``world_size`` times over (the sum of the parts is the gradient) while the
+        prompt-hash anchor term, which every rank computes whole, is backpropagated once.
+        """
+        image, text, labels = features
+        device = image.device
+        local = share.local.to(device)
+        indices = share.indices.to(device)
+        local_image, local_text, global_labels = image[local], text[local], labels[indices]
+        counts = [list(share.counts)]
+        if pseudo is not None:
+            p_image, p_text, p_labels = (_tensor(part, device) for part in pseudo)
+            bounds = shard_bounds(len(p_image), ctx.world_size)
+            first, last = bounds[ctx.rank]
+            local_image = torch.cat([local_image, p_image[first:last]])
+            local_text = torch.cat([local_text, p_text[first:last]])
+            global_labels = torch.cat([global_labels, p_labels])
+            counts.append([stop - begin for begin, stop in bounds])
+        w = self.loss_weights
+        outputs, anchor_current = step_module(local_image, local_text, len(stored_anchors), w.distill > 0)
+        widths = [part.shape[1] for part in outputs]
+        gathered = all_gather_rows(torch.cat(outputs, dim=1), counts, ctx).split(widths, dim=1)
+        h_image, h_text = gathered[0], gathered[1]
+        cross_image = (h_image, gathered[2]) if w.distill > 0 else None
+        cross_text = (h_text, gathered[3]) if w.distill > 0 else None
+        batch_loss, terms = self._loss_from_outputs(
+            h_image, h_text, global_labels, cross_image, cross_text, [], [], stored_targets
+        )
+        total, to_backward = batch_loss, batch_loss * ctx.world_size
+        if stored_anchors:
+            anchor = anchor_loss(stored_anchors, anchor_current)
+            total = total + w.anchor * anchor
+            to_backward = to_backward + w.anchor * anchor
+            terms["anchor"] = float(anchor.detach())
+        optimizer.zero_grad(set_to_none=True)
+        to_backward.backward()
+        optimizer.step()
+        return total.detach(), terms
 
     def _stored_targets(self, t: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """±1 stored image and text codes (at their own lengths) and labels of a seeded sample of each earlier
