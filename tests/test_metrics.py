@@ -196,16 +196,23 @@ def test_chunking_and_tiling_do_not_change_results(n_bits, monkeypatch):
             for chunk in (1, 4, 23, 1000):
                 other = average_precision_per_query(q, db, ql, dl, k=k, ties=ties, chunk_size=chunk)
                 np.testing.assert_allclose(other, base, rtol=1e-13, atol=0)
-    # tiny tiles (many column tiles, several 64-bit words) and tiny hypergeometric grids
+    # tiny tiles and tiny hypergeometric grids: a column tile is at least 256 items wide, so the database needs
+    # more than 256 items for several tiles (700: three), each tile spanning several 64-bit words for long codes
+    q, db, ql, dl = random_problem(rng, 23, 700, n_bits)
+    expected = {
+        (ties, k): average_precision_per_query(q, db, ql, dl, k=k, ties=ties)
+        for ties in ("reference", "average")
+        for k in (None, 7)
+    }
+    rel = brute_relevance(ql, dl)
+    reference = reference_ap(brute_distances(q, db), rel, None)
+    np.testing.assert_allclose(expected[("reference", None)], np.where(rel.any(1), reference, np.nan))
     monkeypatch.setattr(M._ranking, "_TILE_PAIRS", 1)
     monkeypatch.setattr(M._average_precision, "_GRID_ENTRIES", 1)
-    for ties in ("reference", "average"):
-        for k in (None, 7):
-            np.testing.assert_allclose(
-                average_precision_per_query(q, db, ql, dl, k=k, ties=ties, chunk_size=5),
-                average_precision_per_query(q, db, ql, dl, k=k, ties=ties),
-                rtol=1e-13,
-            )
+    for (ties, k), base in expected.items():
+        np.testing.assert_allclose(
+            average_precision_per_query(q, db, ql, dl, k=k, ties=ties, chunk_size=5), base, rtol=1e-13
+        )
 
 
 def test_distances_match_codes_hamming_for_long_codes():
