@@ -924,9 +924,15 @@ class FeatureCache:
         Returns:
             ``float32`` array ``(n, dim)``, row ``i`` for ``ids[i]``.
 
+        Under torch.distributed (``torchrun``, several processes) every rank calls this with the same ids and items:
+        each rank encodes a contiguous share of the missing items, rank 0 writes them in one process's order (the
+        file one process would write, up to the encoder's float differences between batchings) and every rank
+        returns all the requested features. The file must be on a filesystem every rank sees (docs/distributed.md).
+
         Raises:
             ValueError: duplicated ids, lengths that differ, another encoder (without ``overwrite``), or an
-                ``encode_fn`` result of the wrong shape or with non-finite values.
+                ``encode_fn`` result of the wrong shape or with non-finite values (on any rank, under
+                torch.distributed).
         """
         ids_arr = _check_ids(ids)
         encoder_name = _check_name(encoder_name, "encoder_name")

@@ -7,6 +7,7 @@ writes ``OUT_DIR/rank<r>.npz`` (and ``.json``); the test compares them with one 
 2. train: a 3-task synthetic stream under DDP, with an extension after every task and prototype replay; two tasks,
    a checkpoint, then a fresh trainer that resumes and trains the third.
 3. cache: with ``CLIP_DIR``, a FeatureCache filled by both ranks with a tiny random CLIP's text and image features.
+4. cli: ``pbeh train`` on the synthetic stream inside the process group, as ``torchrun -m pbeh train`` runs it.
 """
 
 from __future__ import annotations
@@ -143,6 +144,20 @@ def cache_check(ctx, clip_dir: Path, out_dir: Path) -> None:
     images_cache.get_or_encode(ids, images, encoder.encode_images, encoder_name=encoder.name)
 
 
+def cli_check(ctx, out_dir: Path) -> None:
+    """``pbeh train`` in this process group (as ``torchrun -m pbeh train`` runs it); rank 0's --json summary is kept.
+    Last: the command ends the process group."""
+    import contextlib
+
+    from test_distributed import CLI_ARGS
+
+    from pbeh.cli import main as cli_main
+
+    with open(out_dir / f"cli_rank{ctx.rank}.json", "w") as sink, contextlib.redirect_stdout(sink):
+        code = cli_main([*CLI_ARGS, "--out", str(out_dir / "cli_run")])
+    assert code == 0
+
+
 def main() -> None:
     torch.set_num_threads(1)
     out_dir = Path(sys.argv[1])
@@ -159,7 +174,8 @@ def main() -> None:
         cache_check(ctx, Path(sys.argv[2]), out_dir / "cache_ddp")
     np.savez(out_dir / f"rank{ctx.rank}.npz", **arrays)
     (out_dir / f"rank{ctx.rank}.json").write_text(json.dumps(out))
-    torch.distributed.destroy_process_group()
+    cli_check(ctx, out_dir)
+    assert not torch.distributed.is_initialized()  # the command left the process group
 
 
 if __name__ == "__main__":

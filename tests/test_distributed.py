@@ -8,6 +8,8 @@ The multi-process checks launch ``torchrun --standalone --nproc_per_node 2 tests
 * training (3 tasks, an extension after each, prototype replay, a checkpoint after task 2 and a resumed run): the
   ranks hold identical parameters; against one process, at most ``MAX_BIT_DIFFERENCE`` of the stored bits differ and
   every mAP of the continual matrices is within ``MAP_TOLERANCE``;
+* ``pbeh train`` in the 2-process group: rank 0 prints the summary one process prints (integers equal, figures within
+  ``MAP_TOLERANCE``) and writes the run directory; rank 1 prints nothing;
 * FeatureCache: the cache file written by 2 ranks holds the same ids in the same order, the same metadata and
   features within 1e-5 of one process's file.
 """
@@ -49,6 +51,8 @@ TRAIN_OPTIONS = {
     "model": {"n_bits": 8, "hidden_dims": (16,)},
     "bits_per_task": 2,
 }
+
+CLI_ARGS = ["train", "--epochs", "2", "--bits", "8", "--hidden", "16", "--json"]
 
 
 def stream_options() -> dict:
@@ -304,3 +308,20 @@ def test_two_process_feature_cache_equals_one_process(two_ranks, clip_dir, tmp_p
         np.testing.assert_array_equal(got_ids, ref_ids)  # same items in the same order (3 first, then the rest)
         assert meta == ref_meta
         np.testing.assert_allclose(feats, ref_feats, atol=1e-5, rtol=0)
+
+
+def test_cli_train_under_torchrun(two_ranks, tmp_path, capsys):
+    from pbeh.cli import main
+
+    assert main([*CLI_ARGS, "--out", str(tmp_path / "run")]) == 0
+    expected = json.loads(capsys.readouterr().out)
+    got = json.loads((two_ranks / "cli_rank0.json").read_text())
+    assert (two_ranks / "cli_rank1.json").read_text() == ""
+    assert sorted(got) == sorted(expected)
+    for key, value in expected.items():
+        if isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
+            np.testing.assert_allclose(got[key], value, atol=MAP_TOLERANCE, err_msg=key)
+        else:
+            assert got[key] == value, key
+    for name in ("run.json", "latest.json", "matrix.json", "matrix.csv"):
+        assert (two_ranks / "cli_run" / name).is_file()

@@ -207,8 +207,11 @@ class DistributedMinibatchSampler:
 
     Example:
         >>> sampler = DistributedMinibatchSampler(5, 4, rank=1, world_size=2)
-        >>> [share.local.tolist() for share in sampler.epoch(torch.Generator().manual_seed(0))]
-        [[0, 3]]
+        >>> [(b.indices.tolist(), b.local.tolist(), b.counts) for b in sampler.epoch(torch.Generator().manual_seed(0))]
+        [([4, 0, 1, 3], [1, 3], (2, 2))]
+
+        The global batch is one process's first batch; rank 1 trains on its second half. The last item of the epoch
+        alone would be a batch of one and is skipped, as one process skips it.
     """
 
     def __init__(self, n_items: int, batch_size: int, *, rank: int = 0, world_size: int = 1) -> None:
