@@ -99,8 +99,8 @@ def run_on_stream(
         encode_batch_size: rows per encoding pass (the parity mode's codes depend on it; the released value is 128).
 
     Returns:
-        ``{"method", "mode", "label", "protocol", "dataset", "seed", "lengths", "nested", "epochs", "dim", "ties",
-        "seconds", "fit_seconds", "results": {str(K): {"R_i2t", "R_t2i" (lists, None = not evaluated),
+        ``{"method", "mode", "label", "protocol", "dataset", "seed", "lengths", "nested", "epochs", "dim", "weights",
+        "ties", "seconds", "fit_seconds", "results": {str(K): {"R_i2t", "R_t2i" (lists, None = not evaluated),
         "mean_i2t", "mean_t2i", "bwt_i2t", "bwt_t2i", "unified_i2t", "unified_t2i", "unified_i2t_tie_avg",
         "unified_t2i_tie_avg", "unified_chance", "bytes_per_item", and per direction ``d`` the trainer's
         top-of-ranking figures from :func:`pbeh.evaluation.unified_metrics` (tie-averaged): "unified_{d}_p10",
@@ -242,6 +242,7 @@ def run_on_stream(
         "nested": bool(nested),
         "epochs": epochs,
         "dim": dim,
+        "weights": (weights or LossWeights()).to_dict(),
         "ties": ties,
         "eval_k": eval_k,
         "seconds": time.perf_counter() - started,
