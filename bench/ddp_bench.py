@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/ddp_bench.py [--pairs 204800] [--steps 6] [--warmup 2] [--hidden 4096 4096] [--batch-size 512]
+    python bench/ddp_bench.py [--pairs 204800] [--steps 4] [--warmup 1] [--hidden 4096 4096] [--batch-size 512]
                               [--bits 32] [--dim 512] [--out bench/results/ddp_bench.json]
 
 One seeded synthetic task of ``--pairs`` image-text pairs (10 classes, multi-label, ``--dim``-d features like CLIP
@@ -12,9 +12,14 @@ step; then ``torchrun --standalone --nproc_per_node 2`` runs the same global bat
 every batch, the loss over the gathered global batch, DDP's gradient all-reduce) through the trainer's distributed
 step. Each run times ``--steps`` optimiser steps after ``--warmup`` untimed ones (a step budget: one epoch of 200k
 pairs at these widths takes many minutes on a CPU) and reports the median step; both runs are in this one
-invocation, so the ratio is what to compare across machines. The 2-process run also times one all-reduce of a buffer
-as large as the trainable parameters (DDP's gradient traffic per step) to split the step into compute and
-communication, from which the projection for N processes is computed (see docs/distributed.md).
+invocation, so the ratio is what to compare across machines.
+
+On shared, oversubscribed cores the wall-clock ratio measures the scheduler as much as pbeh (two processes get a
+larger share of busy cores than one), so each step's CPU time is measured too (``time.process_time``, all threads of
+the process): pairs per CPU second at 2 processes over 1 process is the distributed step's efficiency (1.0: no
+overhead), and the CPU each rank spends beyond half of one process's step is the overhead from which the speed-up on
+dedicated cores is projected for N processes. The 2-process run also times one all-reduce of a buffer as large as the
+trainable parameters (DDP's gradient traffic per step). See docs/distributed.md.
 """
 
 from __future__ import annotations
@@ -86,11 +91,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     shares = sampler.epoch(torch.Generator().manual_seed(0))
     step_module = wrap_for_training(model, ctx) if ctx is not None else None
     model.train()
-    times = []
+    times, cpu_times = [], []
     for step in range(args.warmup + args.steps):
         share = next(shares)
         barrier(ctx)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         if ctx is None:
             idx = share.indices
             loss, _ = trainer._loss(image[idx], text[idx], labels[idx], 0, [], [])
@@ -99,15 +104,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             optimizer.step()
         else:
             trainer._distributed_step(step_module, optimizer, ctx, share, (image, text, labels), None, [], [])
+        cpu = time.process_time() - cpu_started  # this process's CPU time (all its threads), before the barrier
         barrier(ctx)
         if step >= args.warmup:
             times.append(time.perf_counter() - started)
+            cpu_times.append(cpu)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    from pbeh.training import all_gather_objects
+
+    cpu_per_rank = [statistics.median(c) for c in all_gather_objects(cpu_times, ctx)]
     out: dict[str, Any] = {
         "processes": world,
         "step_seconds": statistics.median(times),
         "step_seconds_all": times,
         "pairs_per_second": args.batch_size / statistics.median(times),
+        "cpu_seconds_per_step_per_rank": cpu_per_rank,
+        "pairs_per_cpu_second": args.batch_size / sum(cpu_per_rank),
         "trainable_parameters": n_params,
         "n_prompts": model.pool_sizes[0],
     }
@@ -127,8 +139,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=204_800)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--hidden", type=int, nargs="+", default=[4096, 4096])
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--bits", type=int, default=32)
@@ -157,14 +169,19 @@ def main() -> None:
         subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         two = json.loads(result_file.read_text())
     ratio = two["pairs_per_second"] / one["pairs_per_second"]
-    compute_1 = one["step_seconds"]
-    overhead_2 = two["step_seconds"] - compute_1 / 2  # what 2 processes add to an ideal halving, on this machine
-    projection = {str(n): compute_1 / (compute_1 / n + max(overhead_2, 0.0)) for n in (2, 4, 8)}
+    cpu_ratio = two["pairs_per_cpu_second"] / one["pairs_per_cpu_second"]
+    # On cores of its own, a rank's step takes about its CPU time: half the one-process work plus what being one of
+    # two adds (gathering, the gradient all-reduce, DDP's bookkeeping, the loss over the gathered batch).
+    compute_1 = one["cpu_seconds_per_step_per_rank"][0]
+    overhead = max(two["cpu_seconds_per_step_per_rank"]) - compute_1 / 2
+    projection = {str(n): compute_1 / (compute_1 / n + max(overhead, 0.0)) for n in (2, 4, 8)}
     print(f"2 processes: {two['pairs_per_second']:.1f} pairs/s (median step {two['step_seconds']:.2f} s)")
-    print(f"ratio 2 processes / 1 process: {ratio:.2f}x")
+    print(f"ratio 2 processes / 1 process (wall clock): {ratio:.2f}x")
+    print(f"pairs per CPU second, 2 processes / 1 process: {cpu_ratio:.2f} (1.0: no distributed overhead)")
     print(
         f"gradient all-reduce of {two['trainable_parameters']:,} floats: {two['allreduce_seconds']:.3f} s; "
-        f"2-process overhead over an ideal halving: {overhead_2:.2f} s per step"
+        f"CPU overhead per rank at 2 processes: {overhead:.2f} s per step of {compute_1:.2f} s; projected speed-up "
+        + ", ".join(f"{n}: {v:.2f}x" for n, v in projection.items())
     )
     record = {
         "benchmark": "ddp_bench",
@@ -179,8 +196,10 @@ def main() -> None:
         "one_process": one,
         "two_processes": two,
         "ratio_two_over_one": ratio,
-        "overhead_seconds_per_step_at_2": overhead_2,
-        "projected_speedup_if_overhead_stays": projection,
+        "cpu_efficiency_two_over_one": cpu_ratio,
+        "cpu_overhead_seconds_per_rank_step_at_2": overhead,
+        "projected_speedup_on_dedicated_cores": projection,
+        "load_average_at_end": os.getloadavg()[0],
         "machine": f"{os.cpu_count()} cores (shared), 1 thread per process, gloo",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

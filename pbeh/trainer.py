@@ -15,6 +15,11 @@ For every task of a :class:`~pbeh.data.TaskStream` the trainer
 6. writes a checkpoint (whole state, safetensors + JSON) from which :meth:`ContinualTrainer.fit` resumes.
 
 Only features are used: the frozen encoder never runs during training (see :mod:`pbeh.encoders` and its cache).
+
+Under ``torch.distributed`` (launched with ``torchrun``; :mod:`pbeh.training`) the same trainer runs data-parallel:
+each rank trains its share of the seeded global minibatches in DistributedDataParallel with the losses over the
+gathered global batch, rank 0 selects, evaluates, decides on extension and writes checkpoints, and every rank ends
+with the same state (docs/distributed.md). With one process nothing of this runs.
 """
 
 from __future__ import annotations

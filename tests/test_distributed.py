@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -203,16 +202,12 @@ def two_ranks(tmp_path_factory, clip_dir) -> Path:
     """Run tests/_distributed_worker.py on 2 gloo processes (torchrun, a free port); returns its output folder."""
     out = tmp_path_factory.mktemp("ddp")
     (out / "cache_ddp").mkdir()
-    torchrun = shutil.which("torchrun") or shutil.which("torchrun", path=str(Path(sys.executable).parent))
-    launcher = [torchrun] if torchrun else [sys.executable, "-m", "torch.distributed.run"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    command = [
-        *launcher,
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(Path(__file__).parent / "_distributed_worker.py"),
-    ]
+    here = Path(__file__).parent
+    python_path = os.pathsep.join(filter(None, [str(here), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": python_path}
+    # torchrun of this interpreter; --standalone picks a free port
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command.append(str(here / "_distributed_worker.py"))
     done = subprocess.run(
         [*command, str(out), str(clip_dir)], capture_output=True, text=True, timeout=600, env=env, check=False
     )
