@@ -17,6 +17,8 @@ Per stream, initial length K0 and seed it trains, on the same split and with pbe
 
 * ``fixed``: never extend (K0 bits for every task);
 * ``mode-center``: PBEH's rule (far-from-mode-centre fraction above ``rho``);
+* ``ties``: pbeh's tie-crowding rule (share of stored items whose nearest tie group has more than ``k`` items and
+  mixes in an unrelated one: their top k is a lottery no ranking can fix at this length);
 * ``schedule``: ``delta`` bits after every task whatever the codes look like (:class:`~pbeh.extension.FixedSchedule`):
   whether growing the code pays at all, separately from when a rule decides to grow it;
 * ``collision``: pbeh's crowding rule (share of stored items with an unrelated item at Hamming distance <= radius
@@ -46,7 +48,7 @@ import torch
 
 from pbeh.baselines import run_method
 from pbeh.data import TaskStream, read_features_npz, synthetic_stream
-from pbeh.extension import CollisionRule, FixedSchedule, ModeCenterRule
+from pbeh.extension import CollisionRule, FixedSchedule, ModeCenterRule, TieRule
 from pbeh.trainer import TrainerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,7 +70,7 @@ def synthetic_100_30(data_dir: Path) -> TaskStream:
 
 
 STREAMS = {"mirflickr730-8": mirflickr730_8, "synthetic-100-30": synthetic_100_30}
-POLICIES = ("fixed", "mode-center", "collision", "schedule")
+POLICIES = ("fixed", "mode-center", "collision", "ties", "schedule")
 
 
 def mean_stored_bits(summary: dict, stream: TaskStream) -> float:
@@ -87,6 +89,9 @@ def run(policy: str, stream: TaskStream, *, n_bits: int, args: argparse.Namespac
         trainer, summary = run_method("fixed-length", stream, **{**common, "n_bits": bits})
     elif policy == "mode-center":
         rule = ModeCenterRule(rho=args.rho_mode_center, delta=args.delta)
+        trainer, summary = run_method("pbeh", stream, extension_policy=rule, **common)
+    elif policy == "ties":
+        rule = TieRule(rho=args.rho_ties, delta=args.delta, k=args.ties_k)
         trainer, summary = run_method("pbeh", stream, extension_policy=rule, **common)
     elif policy == "schedule":
         rule = FixedSchedule(bits_per_task=args.delta)
@@ -162,6 +167,8 @@ def main() -> int:
     parser.add_argument("--rho-mode-center", type=float, default=0.1)
     parser.add_argument("--rho-collision", type=float, default=0.1)
     parser.add_argument("--radius", type=int, default=0, help="collision radius (0: identical codes)")
+    parser.add_argument("--rho-ties", type=float, default=0.1)
+    parser.add_argument("--ties-k", type=int, default=10, help="tie rule: the top k a user sees")
     parser.add_argument("--no-equal-bits", action="store_true", help="skip the fixed@B runs")
     parser.add_argument("--epochs", type=int, default=None, help="default: TrainerConfig's")
     parser.add_argument("--hidden", type=int, nargs="+", default=None, help="default: for_stream's")

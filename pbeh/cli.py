@@ -128,11 +128,19 @@ def _parser() -> argparse.ArgumentParser:
         help="hidden widths of each hashing head (default: %(default)s)",
     )
     train.add_argument(
+        "--extension-rule",
+        choices=["mode-center", "collision", "ties"],
+        default="mode-center",
+        help="when to widen the code after a task (methods that extend): mode-center = PBEH's rule (codes far from "
+        "their mode centre), collision = stored items with an unrelated item at an identical code, ties = items whose "
+        "nearest tie group is larger than 10 and mixes in an unrelated item (default: %(default)s)",
+    )
+    train.add_argument(
         "--rho",
         type=float,
         default=_build_trainer_default("rho"),
-        help="mode-centre extension threshold: extend when more than this share of codes is far from its mode "
-        "centre (default: %(default)s)",
+        help="extension threshold: extend when more than this share of the stored items is crowded by the "
+        "extension rule (far from the mode centre, colliding or in a mixed tie group) (default: %(default)s)",
     )
     train.add_argument(
         "--delta",
@@ -400,6 +408,18 @@ def _table(rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -
     return "\n".join(out)
 
 
+def _extension_rule(args: argparse.Namespace) -> Any:
+    """The extension policy of ``--extension-rule`` (None: the method's own, the mode-centre rule or never)."""
+    if args.extension_rule == "mode-center" or args.method in ("fixed-length", "finetune", "joint"):
+        return None
+    from .extension import make_extension_policy
+
+    try:
+        return make_extension_policy(args.extension_rule, rho=args.rho, delta=args.delta)
+    except (TypeError, ValueError) as exc:
+        raise _UserError(f"--extension-rule {args.extension_rule}: {exc}") from exc
+
+
 def _decision_text(extension: dict[str, Any]) -> str:
     """The first clause of an extension decision ("extend 32 -> 33 bits: image above threshold")."""
     reason = str(extension.get("reason", ""))
@@ -592,6 +612,7 @@ def _train_in_process(args: argparse.Namespace, progress: dict[str, bool], ctx: 
         rho=args.rho,
         delta=args.delta,
         seed=args.seed,
+        extension_policy=_extension_rule(args),
         checkpoint_dir=args.out,
         keep_task_checkpoints=args.keep_task_checkpoints,
         callbacks=[on_task],

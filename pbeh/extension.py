@@ -27,7 +27,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import numpy as np
@@ -42,6 +42,7 @@ __all__ = [
     "FixedSchedule",
     "ModeCenterRule",
     "NeverExtend",
+    "TieRule",
     "code_collapse_report",
     "extension_policy_from_config",
     "make_extension_policy",
@@ -69,6 +70,46 @@ def _ones_per_bit(codes: Codes) -> np.ndarray:
         block = np.unpackbits(packed[start : start + _CHUNK_ROWS], axis=1, count=codes.n_bits, bitorder="big")
         ones += block.sum(axis=0, dtype=np.int64)
     return ones
+
+
+def _flagged_fraction(
+    queries: Codes,
+    database: Codes,
+    labels: np.ndarray,
+    flag: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    *,
+    max_items: int,
+    seed: int,
+) -> float:
+    """Share of (a seeded sample of at most ``max_items``) queries for which ``flag(distances, unrelated)`` holds.
+
+    ``flag`` gets a block of rows: the Hamming distances ``(rows, N)`` from those queries to every database item and
+    the matching boolean matrix of pairs that share no label, and returns one boolean per row. Row ``i`` of
+    ``queries`` and of ``database`` is the same item (labels row ``i``).
+    """
+    n = len(queries)
+    if n == 0:
+        return 0.0
+    sample = np.arange(n)
+    if n > max_items:
+        sample = np.sort(np.random.default_rng(seed).choice(n, max_items, replace=False))
+    lab = labels.astype(np.float32)
+    flagged = np.zeros(len(sample), dtype=bool)
+    step = max(1, (16 << 20) // max(1, len(database)))  # bound each (rows x N) block to ~16M entries
+    for start in range(0, len(sample), step):
+        rows = sample[start : start + step]
+        unrelated = (lab[rows] @ lab.T) == 0
+        flagged[start : start + step] = flag(queries[rows].hamming(database), unrelated)
+    return float(flagged.mean())
+
+
+def _check_labels(labels: Any, n: int, rule: str) -> np.ndarray:
+    if labels is None:
+        raise ValueError(f"labels: {rule} needs the multi-hot labels of the stored items, got None")
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.shape[0] != n:
+        raise ValueError(f"labels: expected shape ({n}, n_classes) matching the codes, got {labels.shape}")
+    return labels
 
 
 def mode_center(codes: Codes) -> np.ndarray:
@@ -434,33 +475,17 @@ class CollisionRule(ExtensionPolicy):
 
     def collision_fraction(self, queries: Codes, database: Codes, labels: np.ndarray) -> float:
         """Fraction of (sampled) items i with an unrelated item j at Ham(queries_i, database_j) <= radius."""
-        n = len(queries)
-        if n == 0:
-            return 0.0
-        sample = np.arange(n)
-        if n > self.max_items:
-            sample = np.sort(np.random.default_rng(self.seed).choice(n, self.max_items, replace=False))
-        lab = labels.astype(np.float32)
-        collides = np.zeros(len(sample), dtype=bool)
-        step = max(1, (16 << 20) // max(1, len(database)))  # bound each (rows x N) block to ~16M entries
-        for start in range(0, len(sample), step):
-            rows = sample[start : start + step]
-            near = queries[rows].hamming(database) <= self.radius
-            unrelated = (lab[rows] @ lab.T) == 0
-            collides[start : start + step] = np.any(near & unrelated, axis=1)
-        return float(collides.mean())
+
+        def collides(distances: np.ndarray, unrelated: np.ndarray) -> np.ndarray:
+            return np.any((distances <= self.radius) & unrelated, axis=1)
+
+        return _flagged_fraction(queries, database, labels, collides, max_items=self.max_items, seed=self.seed)
 
     def decide(
         self, *, image_codes: Codes, text_codes: Codes, task: int, labels: np.ndarray | None = None
     ) -> ExtensionDecision:
         image_codes, text_codes, task = self._check_inputs(image_codes, text_codes, task)
-        if labels is None:
-            raise ValueError("labels: CollisionRule needs the multi-hot labels of the stored items, got None")
-        labels = np.asarray(labels)
-        if labels.ndim != 2 or labels.shape[0] != len(image_codes):
-            raise ValueError(
-                f"labels: expected shape ({len(image_codes)}, n_classes) matching the codes, got {labels.shape}"
-            )
+        labels = _check_labels(labels, len(image_codes), "CollisionRule")
         k = image_codes.n_bits
         i2t = self.collision_fraction(image_codes, text_codes, labels)
         t2i = self.collision_fraction(text_codes, image_codes, labels)
@@ -480,18 +505,107 @@ class CollisionRule(ExtensionPolicy):
         return decision
 
 
+class TieRule(ExtensionPolicy):
+    """pbeh's tie-crowding rule: extend when the top of the ranking is a lottery that mixes in unrelated items.
+
+    A short code crowds without any collision of unrelated items: measured on MIRFLICKR730 in 8 tasks at 8 bits,
+    585 stored items took 25 distinct image codes, no item had an unrelated item within Hamming radius 2 (so
+    :class:`CollisionRule` stays silent), yet every query met a large group of items at its smallest distance and
+    fixed length at 16 bits scored 0.741 unified I→T against 0.665 at 8 (one seed). What a user sees is the top ``k``: when more
+    than ``k`` items tie at the nearest distance, the top ``k`` is drawn by lot from that group, and when the group
+    holds an item that shares no label with the query, no ranking at this length can keep it out.
+
+    After each task, over the ``N`` stored items of the newest length, an item ``i`` is *crowded* (I→T) when the
+    stored texts at the smallest Hamming distance from its image code number more than ``k`` and include one whose
+    labels are disjoint from ``i``'s; T→I likewise with the roles swapped. If the crowded fraction exceeds ``rho`` in
+    either direction, the code grows by ``delta`` bits. A class whose items share one code is not crowded (its tie
+    group is all relevant), so well-separated single-label classes never trigger it.
+
+    Args:
+        rho: crowded fraction above which the code grows (``0 <= rho <= 1``; 1 never extends).
+        delta: bits added per extension.
+        k: the top of the ranking a user sees; a nearest tie group larger than ``k`` is a lottery.
+        max_items: items checked per direction (a seeded sample when there are more).
+        seed: seed of that sample.
+
+    Example:
+        >>> codes = Codes.from_bool([[0, 0]] * 3 + [[1, 1]])  # three items share a code, one of them unrelated
+        >>> labels = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
+        >>> TieRule(k=2, rho=0.5).decide(image_codes=codes, text_codes=codes, task=0, labels=labels).n_new_bits
+        1
+        >>> TieRule(k=3, rho=0.5).decide(image_codes=codes, text_codes=codes, task=0, labels=labels).n_new_bits
+        0
+    """
+
+    name = "ties"
+
+    def __init__(self, *, rho: float = 0.1, delta: int = 1, k: int = 10, max_items: int = 4096, seed: int = 0) -> None:
+        self.rho = _check_rho(rho)
+        self.delta = check_int(delta, "delta", minimum=1)
+        self.k = check_int(k, "k", minimum=1)
+        self.max_items = check_int(max_items, "max_items", minimum=1)
+        self.seed = check_int(seed, "seed", minimum=0)
+
+    def __repr__(self) -> str:
+        return f"TieRule(rho={self.rho}, delta={self.delta}, k={self.k}, max_items={self.max_items}, seed={self.seed})"
+
+    def to_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "rho": self.rho,
+            "delta": self.delta,
+            "k": self.k,
+            "max_items": self.max_items,
+            "seed": self.seed,
+        }
+
+    def crowded_fraction(self, queries: Codes, database: Codes, labels: np.ndarray) -> float:
+        """Fraction of (sampled) items whose nearest tie group in ``database`` has more than ``k`` items, one of
+        them unrelated."""
+
+        def crowded(distances: np.ndarray, unrelated: np.ndarray) -> np.ndarray:
+            nearest = distances == distances.min(axis=1, keepdims=True)
+            return (nearest.sum(axis=1) > self.k) & np.any(nearest & unrelated, axis=1)
+
+        return _flagged_fraction(queries, database, labels, crowded, max_items=self.max_items, seed=self.seed)
+
+    def decide(
+        self, *, image_codes: Codes, text_codes: Codes, task: int, labels: np.ndarray | None = None
+    ) -> ExtensionDecision:
+        image_codes, text_codes, task = self._check_inputs(image_codes, text_codes, task)
+        labels = _check_labels(labels, len(image_codes), "TieRule")
+        k = image_codes.n_bits
+        i2t = self.crowded_fraction(image_codes, text_codes, labels)
+        t2i = self.crowded_fraction(text_codes, image_codes, labels)
+        stats = {"crowded_i2t": i2t, "crowded_t2i": t2i, "rho": self.rho, "k": float(self.k)}
+        crowded = [name for name, value in (("I→T", i2t), ("T→I", t2i)) if value > self.rho]
+        detail = (
+            f"after task {task}: items whose nearest tie group at {k} bits has more than {self.k} items, one of "
+            f"them unrelated: I→T {_percent(i2t)}, T→I {_percent(t2i)}; threshold rho={_percent(self.rho)}"
+        )
+        if crowded:
+            decision = ExtensionDecision(
+                self.delta, f"extend {k} -> {k + self.delta} bits: {' and '.join(crowded)} crowded; {detail}", stats
+            )
+        else:
+            decision = ExtensionDecision(0, f"keep {k} bits: no direction above threshold; {detail}", stats)
+        _logger.info("TieRule: %s", decision.reason)
+        return decision
+
+
 # ---------------------------------------------------------------------------------------------------- registry
 _POLICIES: dict[str, type[ExtensionPolicy]] = {
     ModeCenterRule.name: ModeCenterRule,
     NeverExtend.name: NeverExtend,
     FixedSchedule.name: FixedSchedule,
     CollisionRule.name: CollisionRule,
+    TieRule.name: TieRule,
 }
 
 
 def make_extension_policy(name: str, **kwargs: Any) -> ExtensionPolicy:
     """Build a policy by name: ``"mode-center"`` (:class:`ModeCenterRule`), ``"collision"`` (:class:`CollisionRule`),
-    ``"never"``, ``"fixed"``.
+    ``"ties"`` (:class:`TieRule`), ``"never"``, ``"fixed"``.
 
     Example:
         >>> make_extension_policy("mode-center", rho=0.02)
@@ -505,6 +619,8 @@ def make_extension_policy(name: str, **kwargs: Any) -> ExtensionPolicy:
         cls = FixedSchedule
     elif name == "collision":
         cls = CollisionRule
+    elif name == "ties":
+        cls = TieRule
     else:
         raise ValueError(f"name: expected one of {sorted(_POLICIES)}, got {name!r}")
     try:

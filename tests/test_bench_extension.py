@@ -24,7 +24,16 @@ def stream():
 
 
 def _args(**overrides):
-    values = {"epochs": 1, "hidden": [16], "delta": 3, "rho_mode_center": 0.1, "rho_collision": 0.1, "radius": 0}
+    values = {
+        "epochs": 1,
+        "hidden": [16],
+        "delta": 3,
+        "rho_mode_center": 0.1,
+        "rho_collision": 0.1,
+        "radius": 0,
+        "rho_ties": 0.1,
+        "ties_k": 10,
+    }
     return argparse.Namespace(**{**values, **overrides})
 
 
@@ -50,6 +59,8 @@ def test_rules_are_passed_through_and_render_lists_every_policy(stream):
     never = extension.run("collision", stream, n_bits=8, args=_args(rho_collision=1.0), seed=3)
     assert never["bits_per_task"] == [8, 8, 8]  # rho = 1 never fires
     assert all("collision_i2t" in d for d in never["decisions"])  # the rule's statistics are kept per task
+    ties = extension.run("ties", stream, n_bits=8, args=_args(rho_ties=0.0, ties_k=1), seed=3)
+    assert all("crowded_i2t" in d for d in ties["decisions"])
     fixed = extension.run("fixed", stream, n_bits=8, args=_args(), seed=3)
     text = extension.render([never, fixed], ["# t", ""])
     assert "| 8 | fixed | 1 |" in text

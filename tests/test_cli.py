@@ -84,6 +84,18 @@ def test_train_prints_each_extension_decision_once_and_no_temporary_paths(run_di
     assert "AVX" not in err
 
 
+def test_extension_rule_option_reaches_the_trainer(tmp_path, capsys):
+    out = tmp_path / "ties"
+    args = [*TRAIN, "--quiet", "--out", str(out), "--extension-rule", "ties", "--rho", "0.0", "--delta", "3"]
+    assert main(args) == 0
+    policy = read_json(out / "task_003" / "trainer.json")["extension_policy"]
+    assert policy["name"] == "ties"
+    assert policy["rho"] == 0.0
+    assert policy["delta"] == 3
+    assert main([*TRAIN, "--quiet", "--out", str(tmp_path / "bad"), "--extension-rule", "collision", "--rho", "2"]) == 1
+    assert "--extension-rule collision: rho: expected" in capsys.readouterr().err
+
+
 def test_train_summary_is_a_table_and_json_on_request(run_dir, tmp_path, capsys):
     out, printed, _ = run_dir
     assert re.search(r"^summary after 4 task\(s\)", printed, re.M)

@@ -19,6 +19,7 @@ from pbeh.extension import (
     FixedSchedule,
     ModeCenterRule,
     NeverExtend,
+    TieRule,
     code_collapse_report,
     extension_policy_from_config,
     make_extension_policy,
@@ -335,7 +336,7 @@ def test_make_extension_policy():
     assert make_extension_policy("never") == NeverExtend()
     assert make_extension_policy("fixed", schedule={1: 1}) == FixedSchedule(schedule={1: 1})
     with pytest.raises(
-        ValueError, match=r"name: expected one of \['collision', 'fixed', 'mode-center', 'never'\], got 'mode'"
+        ValueError, match=r"name: expected one of \['collision', 'fixed', 'mode-center', 'never', 'ties'\], got 'mode'"
     ):
         make_extension_policy("mode")
     with pytest.raises(TypeError, match=r"'never' extension policy: unexpected option\(s\) \['rho'\]"):
@@ -455,6 +456,68 @@ def test_collision_rule_config_round_trip_and_errors():
         CollisionRule(rho=1.5)
     with pytest.raises(ValueError, match="radius"):
         CollisionRule(radius=-1)
+
+
+# ---------------------------------------------------------------------------------------------------- tie rule
+def _brute_ties(queries: np.ndarray, database: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of items whose nearest tie group has more than k items, one of them sharing no label, by loops."""
+    crowded = 0
+    for i in range(len(queries)):
+        distances = [int((queries[i] != database[j]).sum()) for j in range(len(database))]
+        group = [j for j in range(len(database)) if distances[j] == min(distances)]
+        unrelated = [j for j in group if int((labels[i] * labels[j]).sum()) == 0]
+        crowded += len(group) > k and len(unrelated) > 0
+    return crowded / len(queries)
+
+
+@given(st.integers(1, 16), st.integers(1, 6), st.integers(1, 5), st.integers(0, 10_000))
+def test_tie_rule_matches_brute_force(n, n_bits, k, seed):
+    rng = np.random.default_rng(seed)
+    image = rng.random((n, n_bits)) < 0.5
+    text = rng.random((n, n_bits)) < 0.5
+    labels = (rng.random((n, 3)) < 0.4).astype(np.uint8)
+    rule = TieRule(rho=0.25, k=k, delta=2)
+    decision = rule.decide(image_codes=Codes.from_bool(image), text_codes=Codes.from_bool(text), task=0, labels=labels)
+    i2t = _brute_ties(image, text, labels, k)
+    t2i = _brute_ties(text, image, labels, k)
+    assert decision.stats["crowded_i2t"] == pytest.approx(i2t)
+    assert decision.stats["crowded_t2i"] == pytest.approx(t2i)
+    assert decision.n_new_bits == (2 if max(i2t, t2i) > 0.25 else 0)
+
+
+def test_tie_rule_fires_on_mixed_ties_only():
+    # one code per class: every tie group is all relevant, however large
+    labels = np.repeat(np.eye(3, dtype=np.uint8), 20, axis=0)
+    separated = Codes.from_bool(np.repeat(np.eye(3, 4, dtype=bool), 20, axis=0))
+    assert TieRule(rho=0.0).decide(image_codes=separated, text_codes=separated, task=0, labels=labels).n_new_bits == 0
+    # two classes share a code: their 40 items tie and mix, the third class is untouched (40 of 60 crowded)
+    merged = Codes.from_bool(np.repeat(np.array([[1, 0], [1, 0], [0, 1]], dtype=bool), 20, axis=0))
+    decision = TieRule(rho=0.5).decide(image_codes=merged, text_codes=merged, task=3, labels=labels)
+    assert decision.stats["crowded_i2t"] == pytest.approx(40 / 60)
+    assert decision.n_new_bits == 1
+    assert "66.7%" in decision.reason or "66.67%" in decision.reason
+    # the same merge is not crowded when a user looks at the top 40 (the group has exactly 40 items)
+    assert TieRule(rho=0.0, k=40).decide(image_codes=merged, text_codes=merged, task=3, labels=labels).n_new_bits == 0
+
+
+def test_tie_rule_sampling_config_and_errors():
+    rng = np.random.default_rng(4)
+    codes = Codes.from_bool(rng.random((300, 5)) < 0.5)
+    labels = np.eye(4, dtype=np.uint8)[rng.integers(0, 4, 300)]
+    full = TieRule(max_items=300).crowded_fraction(codes, codes, labels)
+    assert full == pytest.approx(_brute_ties(codes.to_bool(), codes.to_bool(), labels, 10))
+    sampled = TieRule(max_items=50, seed=2).crowded_fraction(codes, codes, labels)
+    assert TieRule(max_items=50, seed=2).crowded_fraction(codes, codes, labels) == sampled  # seeded
+    rule = TieRule(rho=0.2, delta=2, k=5, max_items=64, seed=5)
+    assert extension_policy_from_config(json.loads(json.dumps(rule.to_config()))) == rule
+    assert make_extension_policy("ties", rho=0.2, delta=2, k=5, max_items=64, seed=5) == rule
+    small = Codes.from_bool(np.ones((2, 4), dtype=bool))
+    with pytest.raises(ValueError, match="labels: TieRule needs"):
+        rule.decide(image_codes=small, text_codes=small, task=0)
+    with pytest.raises(ValueError, match=r"labels: expected shape \(2, n_classes\)"):
+        rule.decide(image_codes=small, text_codes=small, task=0, labels=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="k: expected"):
+        TieRule(k=0)
 
 
 def test_label_free_policies_ignore_labels():
