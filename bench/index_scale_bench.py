@@ -14,10 +14,10 @@ Every figure is a ratio against an anchor measured in the same run (absolute tim
 * ``files``: ``save`` / ``load`` against ``faiss.write_index_binary`` + ``np.save(ids)`` and
   ``faiss.read_index_binary`` + ``np.load(ids)``; ratio = faiss time / index time (>= 0.5 wanted); pbeh's files carry
   a SHA-256 checksum, so load is also timed with ``verify=False`` (faiss checks nothing). ``--repeats`` interleaved
-  runs each: ratios of the medians, and of the fastest runs (the least disturbed on a shared machine); the SHA-256
-  time alone and the throughputs of SHA-256 and of faiss's read show how much of the gap the checksum is. Peak extra
-  memory of save and load (tracemalloc, which sees numpy's allocations) over the bytes of the index's arrays (<= 1.2
-  wanted).
+  runs each: ratios of the medians, of the fastest runs and of the median CPU times (the last two are disturbed
+  less on a shared machine; the fsync wait of a save is not CPU time); the SHA-256 time alone and the throughputs of
+  SHA-256 and of faiss's read show how much of the gap the checksum is. Peak extra memory of save and load
+  (tracemalloc, which sees numpy's allocations) over the bytes of the index's arrays (<= 1.2 wanted).
 * ``ivf``: clustered codes (random 64-bit centres, one per 1,000 codes; each bit flipped with p = 0.1); queries drawn
   the same way; recall@10 against the exact flat index, tie-aware (a returned item counts when its distance is at most
   the exact 10th distance) and by ids; speed-up = flat time / IVF time for 100 queries, per ``nprobe``.
@@ -60,20 +60,26 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def interleaved_runs(a: Callable[[], object], b: Callable[[], object], repeats: int) -> tuple[list, list]:
-    """Times of ``a`` and ``b`` over ``repeats`` alternating runs each (after one warm-up each)."""
+def interleaved_runs(
+    a: Callable[[], object], b: Callable[[], object], repeats: int
+) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Wall times of ``a`` and ``b``, then their CPU times (``time.process_time``, which a loaded machine disturbs
+    less), over ``repeats`` alternating runs each (after one warm-up each)."""
     a(), b()
-    ta, tb = [], []
+    wall: tuple[list[float], list[float]] = ([], [])
+    cpu: tuple[list[float], list[float]] = ([], [])
     for r in range(repeats):
-        order = ((a, ta), (b, tb)) if r % 2 == 0 else ((b, tb), (a, ta))
-        for fn, out in order:
-            out.append(timed(fn))
-    return ta, tb
+        for side in (0, 1) if r % 2 == 0 else (1, 0):
+            c0, t0 = time.process_time(), time.perf_counter()
+            (a, b)[side]()
+            wall[side].append(time.perf_counter() - t0)
+            cpu[side].append(time.process_time() - c0)
+    return wall[0], wall[1], cpu[0], cpu[1]
 
 
 def interleaved(a: Callable[[], object], b: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Median times of ``a`` and ``b`` over ``repeats`` alternating runs (after one warm-up each)."""
-    ta, tb = interleaved_runs(a, b, repeats)
+    """Median wall times of ``a`` and ``b`` over ``repeats`` alternating runs (after one warm-up each)."""
+    ta, tb, _, _ = interleaved_runs(a, b, repeats)
     return statistics.median(ta), statistics.median(tb)
 
 
@@ -177,9 +183,10 @@ def files_part(n: int, mixed: bool, directory: Path, repeats: int) -> None:
             faiss_load, lambda: TruncatedHammingIndex.load(ours_path, verify=False), repeats
         ),
     }
-    best = {part: min(ta) / min(tb) for part, (ta, tb) in runs.items()}  # ratio of the fastest runs: least disturbed
+    best = {part: min(ta) / min(tb) for part, (ta, tb, _, _) in runs.items()}  # the fastest runs: least disturbed
+    cpu = {part: statistics.median(ca) / statistics.median(cb) for part, (_, _, ca, cb) in runs.items()}
     (t_fs, t_is), (t_fl, t_il), (t_fl2, t_iu) = (
-        (statistics.median(ta), statistics.median(tb)) for ta, tb in runs.values()
+        (statistics.median(ta), statistics.median(tb)) for ta, tb, _, _ in runs.values()
     )
     arrays = arrays_bytes(index)
     t_hash = sha256_seconds(ours_path)
@@ -201,7 +208,8 @@ def files_part(n: int, mixed: bool, directory: Path, repeats: int) -> None:
         f"(without the SHA-256 time {t_hash:5.3f} s: {t_fs / max(t_is - t_hash, 1e-9):6.3f}) | "
         f"load: faiss {t_fl:6.3f} s index {t_il:6.3f} s ratio {t_fl / t_il:6.3f} (verify=False: {t_fl2 / t_iu:6.3f})"
         f" | best-of-{repeats} ratios: save {best['save']:6.3f} load {best['load']:6.3f} verify=False "
-        f"{best['load_unverified']:6.3f}"
+        f"{best['load_unverified']:6.3f} | CPU-time ratios: save {cpu['save']:6.3f} (the fsync wait is not CPU time) "
+        f"load {cpu['load']:6.3f} verify=False {cpu['load_unverified']:6.3f}"
         f" | GB/s: SHA-256 {ours_path.stat().st_size / t_hash / 1e9:4.2f}, faiss read {faiss_bytes / t_fl / 1e9:4.2f}"
         f" | peak/arrays save {save_peak / arrays:5.3f} (extra) load {load_peak / arrays:5.3f} (incl. the loaded "
         f"arrays) | ids equal={same}"
