@@ -72,6 +72,7 @@ from .training.distributed import (
     DistributedContext,
     DistributedMinibatchSampler,
     MinibatchShare,
+    all_gather_objects,
     all_gather_rows,
     barrier,
     broadcast_object,
@@ -488,6 +489,15 @@ class ContinualTrainer:
         if resume and self.checkpoint_dir is not None and (self.checkpoint_dir / "latest.json").is_file():
             self._restore(self.checkpoint_dir)
             _logger.info("resumed from %s after %d task(s)", self.checkpoint_dir, self.n_tasks_done)
+        ctx = current_distributed()
+        if ctx is not None:  # every rank must continue from the same state, or the collectives would not match
+            done_per_rank = all_gather_objects(self.n_tasks_done, ctx)
+            if len(set(done_per_rank)) > 1:
+                raise ValueError(
+                    f"checkpoint_dir: the ranks start after different numbers of completed tasks {done_per_rank} "
+                    f"({str(self.checkpoint_dir)!r}); every rank must see the same checkpoint directory (a filesystem "
+                    "shared by every machine) and start from the same trainer state"
+                )
         done = self.n_tasks_done
         if done > len(tasks):
             raise ValueError(f"stream: {done} tasks are already done but the stream has only {len(tasks)}")

@@ -108,14 +108,17 @@ def train_check(ctx, out_dir: Path, arrays: dict, out: dict) -> None:
     tasks = list(stream)
     run = out_dir / "run"
 
-    def build() -> ContinualTrainer:
+    def build_with(checkpoint_dir: Path) -> ContinualTrainer:
         return ContinualTrainer.for_stream(
             stream,
             config=TrainerConfig(**TRAIN_OPTIONS["config"]),
             extension_policy=FixedSchedule(bits_per_task=TRAIN_OPTIONS["bits_per_task"]),
-            checkpoint_dir=run,
+            checkpoint_dir=checkpoint_dir,
             **TRAIN_OPTIONS["model"],
         )
+
+    def build() -> ContinualTrainer:
+        return build_with(run)
 
     build().fit(tasks[:2])
     trainer = build()
@@ -128,6 +131,18 @@ def train_check(ctx, out_dir: Path, arrays: dict, out: dict) -> None:
     out["losses"] = [r.final_loss for r in trainer.reports]
     for name, value in trainer.model.state_dict().items():
         arrays[f"param.{name}"] = value.detach().cpu().numpy()
+
+    # Ranks that see different checkpoints (no shared filesystem) are refused on every rank, before any collective
+    # of training could pair mismatched calls.
+    import shutil
+
+    mine = out_dir / f"run_seen_by_rank{ctx.rank}"
+    if ctx.rank == 0:
+        shutil.copytree(run, mine)
+    try:
+        build_with(mine).fit(tasks)
+    except ValueError as exc:
+        out["mismatch_error"] = str(exc)
 
 
 def cache_check(ctx, clip_dir: Path, out_dir: Path) -> None:

@@ -272,6 +272,15 @@ def test_ranks_end_identical(two_ranks):
     assert info_a["best_epochs"] == info_b["best_epochs"]
 
 
+def test_ranks_with_different_checkpoints_are_refused(two_ranks):
+    """Rank 0 sees a finished run, rank 1 an empty checkpoint directory: both raise, naming the argument."""
+    for r in range(2):
+        _, info = _rank(two_ranks, r)
+        assert "checkpoint_dir: the ranks start after different numbers of completed tasks [3, 0]" in info.get(
+            "mismatch_error", ""
+        )
+
+
 def test_two_processes_match_one_process(two_ranks, one_process):
     reference, trainer = one_process
     arrays, info = _rank(two_ranks, 0)
