@@ -329,3 +329,15 @@ def test_cli_train_under_torchrun(two_ranks, tmp_path, capsys):
             assert got[key] == value, key
     for name in ("run.json", "latest.json", "matrix.json", "matrix.csv"):
         assert (two_ranks / "cli_run" / name).is_file()
+
+
+def test_one_process_loads_the_two_process_checkpoint(two_ranks):
+    """The checkpoint rank 0 wrote is an ordinary one: one process loads it and holds rank 0's stored codes."""
+    from pbeh.data import synthetic_stream
+    from pbeh.trainer import ContinualTrainer
+
+    arrays, info = _rank(two_ranks, 0)
+    loaded = ContinualTrainer.load(two_ranks / "run")
+    assert [r.n_bits for r in loaded.reports] == info["n_bits"]
+    for key, value in stored_signs(loaded, synthetic_stream(**stream_options())).items():
+        np.testing.assert_array_equal(value, arrays[key])
