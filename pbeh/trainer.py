@@ -831,7 +831,7 @@ class ContinualTrainer:
         last_loss, last_terms = float("nan"), {}
         history: list[dict[str, float]] = []
         epochs = range(1, cfg.epochs + 1)
-        if cfg.show_progress:
+        if cfg.show_progress and (ctx is None or ctx.is_main):  # one progress bar, rank 0's
             from tqdm.auto import tqdm
 
             epochs = tqdm(epochs, desc=f"task {t + 1} ({task.name})", leave=False)
