@@ -28,7 +28,7 @@ __all__ = ["show_progress"]
 _MARK = "_pbeh_show_progress"
 #: Loggers whose INFO lines are progress (per-task results, resumption, extensions); other modules' INFO lines are
 #: internal notes shown only with ``level="DEBUG"``.
-_PROGRESS_LOGGERS = ("pbeh.trainer", "pbeh.retriever")
+_PROGRESS_LOGGERS = ("pbeh.training.trainer", "pbeh.training.evaluation", "pbeh.retriever")
 
 
 def _is_progress(record: logging.LogRecord) -> bool:
@@ -54,7 +54,7 @@ def show_progress(enabled: bool = True, *, level: str = "INFO", stream: TextIO |
         >>> import io
         >>> out = io.StringIO()
         >>> _ = show_progress(stream=out)
-        >>> logging.getLogger("pbeh.trainer").info("task 1 (T1): 32 bits")
+        >>> logging.getLogger("pbeh.training.trainer").info("task 1 (T1): 32 bits")
         >>> logging.getLogger("pbeh.prompts").info("an internal note")  # shown only with level="DEBUG"
         >>> show_progress(False)
         >>> print(out.getvalue(), end="")

@@ -195,7 +195,7 @@ def test_the_cli_configures_only_the_pbeh_logger(tmp_path, capsys):
     assert root.handlers == handlers
     assert root.level == level
     logging.getLogger("faiss.loader").info("Could not load library with AVX512 support")
-    logging.getLogger("pbeh.trainer").info("an info line the CLI does not show")
+    logging.getLogger("pbeh.training.trainer").info("an info line the CLI does not show")
     err = capsys.readouterr().err
     assert "AVX512" not in err
     assert "an info line" not in err

@@ -313,7 +313,7 @@ def test_bad_tasks_are_refused_before_training(two_task_reference, monkeypatch, 
     assert trainer.model.n_tasks == 1
     zero = Split(task.train.image, task.train.text, np.zeros_like(task.train.labels), task.train.ids)
     monkeypatch.undo()
-    with caplog.at_level(logging.WARNING, logger="pbeh.trainer"):
+    with caplog.at_level(logging.WARNING, logger="pbeh.training.trainer"):
         trainer.fit_task(replace_task(task, train=zero))
     assert "every train label is zero" in caplog.text
 

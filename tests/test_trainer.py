@@ -663,9 +663,10 @@ def test_constant_codes_log_a_collapse_warning(stream, caplog):
                     block.weight.zero_()
                     block.bias.fill_(1.0)
                 block.requires_grad_(False)
-    with caplog.at_level(logging.WARNING, logger="pbeh.trainer"):
+    logger = "pbeh.training.evaluation"  # the module that checks for collapse
+    with caplog.at_level(logging.WARNING, logger=logger):
         report = trainer.fit_task(stream[0])
-    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "pbeh.trainer"]
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == logger]
     assert any("image codes collapsed: 8 of 8 bits constant" in m for m in messages)
     assert any("text codes collapsed" in m and "1 distinct codes" in m for m in messages)
     # the warning says what to change
