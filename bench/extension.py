@@ -161,7 +161,9 @@ def main() -> int:
     parser.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--streams", nargs="+", default=list(STREAMS), choices=list(STREAMS))
     parser.add_argument("--bits", type=int, nargs="+", default=[8, 16], help="initial code lengths K0")
-    parser.add_argument("--policies", nargs="+", default=list(POLICIES), choices=list(POLICIES))
+    parser.add_argument(
+        "--policies", nargs="+", default=list(POLICIES), help=f"any of {', '.join(POLICIES)} or fixed@B (B bits)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[2025, 2026, 2027])
     parser.add_argument("--delta", type=int, default=2, help="bits added per extension")
     parser.add_argument("--rho-mode-center", type=float, default=0.1)
