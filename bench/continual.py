@@ -58,6 +58,37 @@ def derived(summary: dict) -> dict:
     return out
 
 
+def rendered_by() -> str:
+    """The line that says which command rendered a table, where and when."""
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    return (
+        f"Rendered by `{command}` on {platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}."
+    )
+
+
+def read_jsonl(paths: list[Path]) -> list[dict]:
+    """Every record of these JSON-lines files, in order."""
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_jsonl(path: Path | None, record: dict) -> None:
+    """Append one finished run at once, so an interrupted benchmark keeps what it finished."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def publish(text: str, out: Path | None) -> None:
+    """Print the tables and write them to ``out`` when given."""
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+
+
 def cell(runs: list[dict], key: str) -> str:
     values = [r.get(key) for r in runs]
     values = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
@@ -138,12 +169,10 @@ def main() -> int:
 
     config = TrainerConfig() if args.epochs is None else TrainerConfig(epochs=args.epochs)
     hidden = args.hidden or list(_default_hidden())
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     header = [
         "# Continual benchmark results",
         "",
-        f"Rendered by `{command}` on {platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}.",
+        rendered_by(),
         "",
         f"Settings: pbeh's defaults (TrainerConfig: {_config_line(config)}; heads {tuple(hidden)}). Every figure is "
         "tie-averaged (the expectation over random order inside tie groups), mAP over the whole ranking. Cells are "
@@ -154,11 +183,7 @@ def main() -> int:
         "",
     ]
     if args.from_json:
-        records = [json.loads(line) for path in args.from_json for line in path.read_text().splitlines() if line]
-        text = render(records, header)
-        print(text)
-        if args.out:
-            args.out.write_text(text)
+        publish(render(read_jsonl(args.from_json), header), args.out)
         return 0
 
     torch.set_num_threads(args.threads)
@@ -183,15 +208,8 @@ def main() -> int:
                         f"{extra['old_p10_t2i']:.3f} ({summary['seconds']:.0f} s)",
                         flush=True,
                     )
-                    if args.json:
-                        args.json.parent.mkdir(parents=True, exist_ok=True)
-                        with args.json.open("a") as f:
-                            f.write(json.dumps(summary, sort_keys=True) + "\n")
-    text = render(records, header)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+                    append_jsonl(args.json, summary)
+    publish(render(records, header), args.out)
     return 0
 
 

@@ -33,12 +33,9 @@ shows that more bits help. Every run is appended to ``--json`` as it finishes; `
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -52,7 +49,7 @@ from pbeh.extension import CollisionRule, FixedSchedule, ModeCenterRule, TieRule
 from pbeh.trainer import TrainerConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from continual import cell, derived  # the same top-of-ranking figures as the continual benchmark
+from continual import append_jsonl, cell, derived, publish, read_jsonl, rendered_by  # shared with continual.py
 
 
 def mirflickr730_8(data_dir: Path) -> TaskStream:
@@ -180,12 +177,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
     args = parser.parse_args()
 
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     header = [
         "# Does bit extension pay? (crowded protocols)",
         "",
-        f"Rendered by `{command}` on {platform.machine()} ({os.cpu_count()} cores), torch {torch.__version__}, "
-        f"{time.strftime('%Y-%m-%d')}.",
+        rendered_by(),
         "",
         "pbeh's defaults except the extension policy. Cells: mean over seeds ± half the range, tie-averaged. "
         "Stored bits/item: the mean length of the stored codes over the whole stream. `fixed@B`: fixed length at B "
@@ -194,11 +189,7 @@ def main() -> int:
         "",
     ]
     if args.from_json:
-        records = [json.loads(line) for path in args.from_json for line in path.read_text().splitlines() if line]
-        text = render(records, header)
-        print(text)
-        if args.out:
-            args.out.write_text(text)
+        publish(render(read_jsonl(args.from_json), header), args.out)
         return 0
 
     torch.set_num_threads(args.threads)
@@ -215,10 +206,7 @@ def main() -> int:
             f"({summary['seconds']:.0f} s)",
             flush=True,
         )
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            with args.json.open("a") as f:
-                f.write(json.dumps(summary, sort_keys=True) + "\n")
+        append_jsonl(args.json, summary)
 
     for name in args.streams:
         stream = STREAMS[name](args.data_dir)
@@ -234,11 +222,7 @@ def main() -> int:
                 if not args.no_equal_bits:
                     for bits in sorted(equal_bits - {k0}):
                         record(run(f"fixed@{bits}", stream, n_bits=k0, args=args, seed=seed))
-    text = render(records, header)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    publish(render(records, header), args.out)
     return 0
 
 

@@ -417,7 +417,53 @@ class FixedSchedule(ExtensionPolicy):
         return ExtensionDecision(n_new, f"{action} after task {task}: fixed schedule ({source})", {})
 
 
-class CollisionRule(ExtensionPolicy):
+class _LabelAwareRule(ExtensionPolicy):
+    """A rule that measures, per direction (I→T, T→I), the share of stored items that are crowded in some
+    label-aware sense and extends by ``delta`` bits when either share exceeds ``rho``. Subclasses give
+    :meth:`_fraction`, the stats key prefix and a sentence saying what "crowded" means."""
+
+    rho: float
+    delta: int
+    _stat_prefix: ClassVar[str]
+
+    @abc.abstractmethod
+    def _fraction(self, queries: Codes, database: Codes, labels: np.ndarray) -> float:
+        """Share of (sampled) ``queries`` items that are crowded against ``database``."""
+
+    @abc.abstractmethod
+    def _condition(self, n_bits: int) -> str:
+        """What a crowded item is, at ``n_bits`` bits, for the decision's reason."""
+
+    def _extra_stats(self) -> dict[str, float]:
+        return {}
+
+    def decide(
+        self, *, image_codes: Codes, text_codes: Codes, task: int, labels: np.ndarray | None = None
+    ) -> ExtensionDecision:
+        image_codes, text_codes, task = self._check_inputs(image_codes, text_codes, task)
+        rule = type(self).__name__
+        labels = _check_labels(labels, len(image_codes), rule)
+        k = image_codes.n_bits
+        i2t = self._fraction(image_codes, text_codes, labels)
+        t2i = self._fraction(text_codes, image_codes, labels)
+        stats = {f"{self._stat_prefix}_i2t": i2t, f"{self._stat_prefix}_t2i": t2i, "rho": self.rho}
+        stats.update(self._extra_stats())
+        crowded = [name for name, value in (("I→T", i2t), ("T→I", t2i)) if value > self.rho]
+        detail = (
+            f"after task {task}: {self._condition(k)}: I→T {_percent(i2t)}, T→I {_percent(t2i)}; "
+            f"threshold rho={_percent(self.rho)}"
+        )
+        if crowded:
+            decision = ExtensionDecision(
+                self.delta, f"extend {k} -> {k + self.delta} bits: {' and '.join(crowded)} crowded; {detail}", stats
+            )
+        else:
+            decision = ExtensionDecision(0, f"keep {k} bits: no direction above threshold; {detail}", stats)
+        _logger.info("%s: %s", rule, decision.reason)
+        return decision
+
+
+class CollisionRule(_LabelAwareRule):
     """pbeh's crowding rule: extend when too many stored items collide with an item they share no label with.
 
     The Hamming space is "crowded" when codes of unrelated items coincide: a query then cannot tell them apart
@@ -447,6 +493,7 @@ class CollisionRule(ExtensionPolicy):
     """
 
     name = "collision"
+    _stat_prefix = "collision"
 
     def __init__(
         self, *, rho: float = 0.1, delta: int = 1, radius: int = 0, max_items: int = 4096, seed: int = 0
@@ -481,39 +528,25 @@ class CollisionRule(ExtensionPolicy):
 
         return _flagged_fraction(queries, database, labels, collides, max_items=self.max_items, seed=self.seed)
 
-    def decide(
-        self, *, image_codes: Codes, text_codes: Codes, task: int, labels: np.ndarray | None = None
-    ) -> ExtensionDecision:
-        image_codes, text_codes, task = self._check_inputs(image_codes, text_codes, task)
-        labels = _check_labels(labels, len(image_codes), "CollisionRule")
-        k = image_codes.n_bits
-        i2t = self.collision_fraction(image_codes, text_codes, labels)
-        t2i = self.collision_fraction(text_codes, image_codes, labels)
-        stats = {"collision_i2t": i2t, "collision_t2i": t2i, "rho": self.rho, "radius": float(self.radius)}
-        crowded = [name for name, value in (("I→T", i2t), ("T→I", t2i)) if value > self.rho]
-        detail = (
-            f"after task {task}: items with an unrelated item within Hamming radius {self.radius} at {k} bits: "
-            f"I→T {_percent(i2t)}, T→I {_percent(t2i)}; threshold rho={_percent(self.rho)}"
-        )
-        if crowded:
-            decision = ExtensionDecision(
-                self.delta, f"extend {k} -> {k + self.delta} bits: {' and '.join(crowded)} crowded; {detail}", stats
-            )
-        else:
-            decision = ExtensionDecision(0, f"keep {k} bits: no direction above threshold; {detail}", stats)
-        _logger.info("CollisionRule: %s", decision.reason)
-        return decision
+    def _fraction(self, queries: Codes, database: Codes, labels: np.ndarray) -> float:
+        return self.collision_fraction(queries, database, labels)
+
+    def _condition(self, n_bits: int) -> str:
+        return f"items with an unrelated item within Hamming radius {self.radius} at {n_bits} bits"
+
+    def _extra_stats(self) -> dict[str, float]:
+        return {"radius": float(self.radius)}
 
 
-class TieRule(ExtensionPolicy):
+class TieRule(_LabelAwareRule):
     """pbeh's tie-crowding rule: extend when the top of the ranking is a lottery that mixes in unrelated items.
 
-    A short code crowds without any collision of unrelated items: measured on MIRFLICKR730 in 8 tasks at 8 bits,
-    585 stored items took 25 distinct image codes, no item had an unrelated item within Hamming radius 2 (so
-    :class:`CollisionRule` stays silent), yet every query met a large group of items at its smallest distance and
-    fixed length at 16 bits scored 0.741 unified I→T against 0.665 at 8 (one seed). What a user sees is the top ``k``: when more
-    than ``k`` items tie at the nearest distance, the top ``k`` is drawn by lot from that group, and when the group
-    holds an item that shares no label with the query, no ranking at this length can keep it out.
+    A short code crowds without any collision of unrelated items. Measured on MIRFLICKR730 in 8 tasks at 8 bits
+    (docs/results.md): 585 stored items took 25 distinct image codes, no item had an unrelated item within Hamming
+    radius 2 (so :class:`CollisionRule` stays silent), yet fixed length at 15 bits scored 0.720 unified I→T against
+    0.663 at 8 bits (2 seeds). What a user sees is the top ``k``: when more than ``k`` items tie at the nearest
+    distance, the top ``k`` is drawn by lot from that group, and when the group holds an item that shares no label
+    with the query, no ranking at this length can keep it out.
 
     After each task, over the ``N`` stored items of the newest length, an item ``i`` is *crowded* (I→T) when the
     stored texts at the smallest Hamming distance from its image code number more than ``k`` and include one whose
@@ -538,6 +571,7 @@ class TieRule(ExtensionPolicy):
     """
 
     name = "ties"
+    _stat_prefix = "crowded"
 
     def __init__(self, *, rho: float = 0.1, delta: int = 1, k: int = 10, max_items: int = 4096, seed: int = 0) -> None:
         self.rho = _check_rho(rho)
@@ -569,28 +603,14 @@ class TieRule(ExtensionPolicy):
 
         return _flagged_fraction(queries, database, labels, crowded, max_items=self.max_items, seed=self.seed)
 
-    def decide(
-        self, *, image_codes: Codes, text_codes: Codes, task: int, labels: np.ndarray | None = None
-    ) -> ExtensionDecision:
-        image_codes, text_codes, task = self._check_inputs(image_codes, text_codes, task)
-        labels = _check_labels(labels, len(image_codes), "TieRule")
-        k = image_codes.n_bits
-        i2t = self.crowded_fraction(image_codes, text_codes, labels)
-        t2i = self.crowded_fraction(text_codes, image_codes, labels)
-        stats = {"crowded_i2t": i2t, "crowded_t2i": t2i, "rho": self.rho, "k": float(self.k)}
-        crowded = [name for name, value in (("I→T", i2t), ("T→I", t2i)) if value > self.rho]
-        detail = (
-            f"after task {task}: items whose nearest tie group at {k} bits has more than {self.k} items, one of "
-            f"them unrelated: I→T {_percent(i2t)}, T→I {_percent(t2i)}; threshold rho={_percent(self.rho)}"
-        )
-        if crowded:
-            decision = ExtensionDecision(
-                self.delta, f"extend {k} -> {k + self.delta} bits: {' and '.join(crowded)} crowded; {detail}", stats
-            )
-        else:
-            decision = ExtensionDecision(0, f"keep {k} bits: no direction above threshold; {detail}", stats)
-        _logger.info("TieRule: %s", decision.reason)
-        return decision
+    def _fraction(self, queries: Codes, database: Codes, labels: np.ndarray) -> float:
+        return self.crowded_fraction(queries, database, labels)
+
+    def _condition(self, n_bits: int) -> str:
+        return f"items whose nearest tie group at {n_bits} bits has more than {self.k} items, one of them unrelated"
+
+    def _extra_stats(self) -> dict[str, float]:
+        return {"k": float(self.k)}
 
 
 # ---------------------------------------------------------------------------------------------------- registry
