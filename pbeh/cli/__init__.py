@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ._version import __version__
+from .._version import __version__
 
 __all__ = ["main"]
 
@@ -51,7 +51,7 @@ class _UserError(Exception):
 # ------------------------------------------------------------------------------------------------------ defaults
 def _config_default(name: str) -> Any:
     """The default of a :class:`~pbeh.trainer.TrainerConfig` field (the CLI never repeats the numbers)."""
-    from .trainer import TrainerConfig
+    from ..trainer import TrainerConfig
 
     for f in dataclasses.fields(TrainerConfig):
         if f.name == name:
@@ -60,19 +60,19 @@ def _config_default(name: str) -> Any:
 
 
 def _for_stream_default(name: str) -> Any:
-    from .trainer import ContinualTrainer
+    from ..trainer import ContinualTrainer
 
     return inspect.signature(ContinualTrainer.for_stream).parameters[name].default
 
 
 def _methods() -> tuple[str, ...]:
-    from .baselines import METHODS
+    from ..baselines import METHODS
 
     return tuple(METHODS)
 
 
 def _build_trainer_default(name: str) -> Any:
-    from .baselines import build_trainer
+    from ..baselines import build_trainer
 
     return inspect.signature(build_trainer).parameters[name].default
 
@@ -299,7 +299,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_stream_args(parser: argparse.ArgumentParser) -> None:
-    from .data import PROTOCOLS
+    from ..data import PROTOCOLS
 
     parser.add_argument(
         "--protocol",
@@ -358,7 +358,7 @@ def _configure_logging(quiet: bool) -> None:
 
 
 def _protocol(args: argparse.Namespace) -> str:
-    from .data import PROTOCOLS
+    from ..data import PROTOCOLS
 
     protocol = args.protocol.replace("_", "-").lower()
     if protocol not in PROTOCOLS:
@@ -367,7 +367,7 @@ def _protocol(args: argparse.Namespace) -> str:
 
 
 def _load_stream(args: argparse.Namespace) -> Any:
-    from .data import load_protocol
+    from ..data import load_protocol
 
     protocol = _protocol(args)
     kwargs: dict[str, Any] = {}
@@ -412,7 +412,7 @@ def _extension_rule(args: argparse.Namespace) -> Any:
     """The extension policy of ``--extension-rule`` (None: the method's own, the mode-centre rule or never)."""
     if args.extension_rule == "mode-center" or args.method in ("fixed-length", "finetune", "joint"):
         return None
-    from .extension import make_extension_policy
+    from ..extension import make_extension_policy
 
     try:
         return make_extension_policy(args.extension_rule, rho=args.rho, delta=args.delta)
@@ -486,8 +486,8 @@ def _report_line(report: Any, n_tasks: int | None = None) -> str:
 
 def _summary_from_state(trainer: dict[str, Any]) -> dict[str, Any]:
     """The summary of a saved run, from its trainer.json (the same keys as ContinualTrainer.summary)."""
-    from .metrics import ContinualMatrix
-    from .trainer import TaskReport
+    from ..metrics import ContinualMatrix
+    from ..trainer import TaskReport
 
     matrix = ContinualMatrix.from_dict(trainer["matrix"])
     reports = [TaskReport.from_dict(r) for r in trainer.get("reports", [])]
@@ -537,7 +537,7 @@ def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
     import contextlib
     import os
 
-    from .training.distributed import init_from_env
+    from ..training.distributed import init_from_env
 
     try:
         ctx = init_from_env()
@@ -557,9 +557,9 @@ def _train(args: argparse.Namespace, progress: dict[str, bool]) -> int:
 
 
 def _train_in_process(args: argparse.Namespace, progress: dict[str, bool], ctx: Any) -> int:
-    from .baselines import build_trainer
-    from .serialization import write_json
-    from .trainer import TrainerConfig
+    from ..baselines import build_trainer
+    from ..serialization import write_json
+    from ..trainer import TrainerConfig
 
     _set_threads(args.threads)
     stream = _load_stream(args)
@@ -622,7 +622,7 @@ def _train_in_process(args: argparse.Namespace, progress: dict[str, bool], ctx: 
     main_process = ctx is None or ctx.is_main
     previous = args.out / "run.json"
     if previous.is_file() and not args.no_resume and (args.out / "latest.json").is_file():
-        from .serialization import read_json
+        from ..serialization import read_json
 
         before = read_json(previous, what="run description", expect=dict)
         now = {"protocol": _protocol(args), "method": args.method, "task_names": [t.name for t in stream]}
@@ -635,7 +635,7 @@ def _train_in_process(args: argparse.Namespace, progress: dict[str, bool], ctx: 
             )
     args.out.mkdir(parents=True, exist_ok=True)
     if ctx is not None:
-        from .training.distributed import barrier
+        from ..training.distributed import barrier
 
         barrier(ctx)  # every rank has checked the previous run.json before rank 0 replaces it
     if main_process:  # under torchrun, rank 0 writes the run files
@@ -690,14 +690,14 @@ def _train_in_process(args: argparse.Namespace, progress: dict[str, bool], ctx: 
 
 
 def _read_run(path: Path) -> Any:
-    from ._run import read_run
+    from .._run import read_run
 
     return read_run(path)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .metrics import ContinualMatrix
-    from .trainer import TaskReport
+    from ..metrics import ContinualMatrix
+    from ..trainer import TaskReport
 
     run = _read_run(args.run)
     matrix = ContinualMatrix.from_dict(run.trainer["matrix"])
@@ -815,8 +815,8 @@ def _describe(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     import torch
 
-    from .index import TruncatedHammingIndex
-    from .model import CrossModalHashModel
+    from ..index import TruncatedHammingIndex
+    from ..model import CrossModalHashModel
 
     _set_threads(args.threads)
     if args.k < 1:
@@ -893,7 +893,7 @@ def _query_features(args: argparse.Namespace, width: int, what: str) -> np.ndarr
 
 def _search_retriever(args: argparse.Namespace) -> int:
     """Search a folder written by Retriever.save: texts, images (its encoders) or features."""
-    from .retriever import Retriever
+    from ..retriever import Retriever
 
     retriever = Retriever.load(args.run)
     if args.text is not None:
@@ -929,7 +929,7 @@ def _search_retriever(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .plot import plot_run
+    from ..plot import plot_run
 
     written = plot_run(args.run, args.out)
     for path in written:
@@ -968,7 +968,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
-        from .trainer import ResumeMismatchError
+        from ..trainer import ResumeMismatchError
 
         if progress["training"] and not isinstance(exc, ResumeMismatchError):
             hint = f" ({_RESUME_HINT}; --debug shows the traceback)"
