@@ -7,8 +7,10 @@ Every artifact pbeh writes is either a safetensors file whose string metadata de
   feature cache fails with a clear message instead of a confusing key error;
 * ``format_version``: the layout version of that kind; a reader refuses versions it does not know;
 * ``pbeh_version``: the library version that wrote it (informational);
-* ``pbeh_checksum``: ``"sha256:<hex>"`` over the header and the tensor bytes, verified on load (files without one,
-  written by earlier pbeh versions, are still read).
+* ``pbeh_checksum``: ``"<algorithm>:<hex>"`` over the header and the tensor bytes, verified on load (files without
+  one, written by earlier pbeh versions, are still read). The algorithm is ``sha256`` (the standard library) or, for
+  index files, ``xxh3_128`` (the optional ``xxhash`` package, ``pip install "pbeh[fast-checksum]"``; about ten times
+  faster): see :data:`CHECKSUM_ALGORITHMS`.
 
 Every safetensors file is read through one checked header reader (:func:`read_safetensors_header`): the header
 length, the JSON, every dtype, shape and data offset is checked against the file's actual size *before* anything is
@@ -42,17 +44,21 @@ import numpy as np
 from ._version import __version__
 
 __all__ = [
+    "CHECKSUM_ALGORITHMS",
+    "ChecksumUnavailableError",
     "FormatError",
     "SafetensorsBlockReader",
     "atomic_path",
     "atomic_write_bytes",
     "check_format_version",
+    "checksum_available",
     "json_field",
     "load_safetensors",
     "read_json",
     "read_safetensors_header",
     "read_safetensors_metadata",
     "replace_directory",
+    "resolve_checksum",
     "resolve_directory",
     "save_safetensors",
     "save_safetensors_streaming",
@@ -76,6 +82,99 @@ _RESERVED_KEYS = ("pbeh_kind", "format_version", "pbeh_version", CHECKSUM_KEY)
 
 class FormatError(ValueError):
     """A file is missing, truncated, damaged, of another kind, or of a format version this pbeh cannot read."""
+
+
+class ChecksumUnavailableError(FormatError):
+    """A file's checksum names an algorithm whose library is not installed here (the message says what to install;
+    readers with a ``verify`` option skip the check with ``verify=False``)."""
+
+
+# ------------------------------------------------------------------------------------------------ checksums
+#: The algorithms ``pbeh_checksum`` may name: name -> (hex digits of the digest, Python module, pip extra). xxh3_128
+#: (xxHash) is not cryptographic, and need not be: the checksum detects damage, and anyone able to alter a file can
+#: recompute any unkeyed checksum, SHA-256 included.
+CHECKSUM_ALGORITHMS: dict[str, tuple[int, str, str]] = {
+    "sha256": (64, "hashlib", ""),
+    "xxh3_128": (32, "xxhash", "fast-checksum"),
+}
+
+
+def checksum_available(algorithm: str) -> bool:
+    """Whether the library computing ``algorithm`` (a key of :data:`CHECKSUM_ALGORITHMS`) can be imported."""
+    if not isinstance(algorithm, str) or algorithm not in CHECKSUM_ALGORITHMS:
+        raise ValueError(f"algorithm: expected one of {sorted(CHECKSUM_ALGORITHMS)}, got {algorithm!r}")
+    try:
+        _new_digest(algorithm)
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_checksum(checksum: str) -> str:
+    """The algorithm a writer uses for the option ``checksum``: ``"auto"`` (``xxh3_128`` when the xxhash package is
+    installed, else ``sha256``) or a key of :data:`CHECKSUM_ALGORITHMS`, which must then be available."""
+    if checksum == "auto":
+        return "xxh3_128" if checksum_available("xxh3_128") else "sha256"
+    if not isinstance(checksum, str) or checksum not in CHECKSUM_ALGORITHMS:
+        raise ValueError(f"checksum: expected 'auto' or one of {sorted(CHECKSUM_ALGORITHMS)}, got {checksum!r}")
+    if not checksum_available(checksum):
+        module, extra = CHECKSUM_ALGORITHMS[checksum][1:]
+        raise ImportError(f"checksum={checksum!r} needs the {module} package: pip install 'pbeh[{extra}]'")
+    return checksum
+
+
+def _new_digest(algorithm: str) -> Any:
+    """A fresh hash object (``update``, ``hexdigest``) for a key of :data:`CHECKSUM_ALGORITHMS`."""
+    if algorithm == "sha256":
+        return hashlib.sha256()
+    if algorithm == "xxh3_128":
+        import xxhash  # optional: pbeh[fast-checksum]
+
+        return xxhash.xxh3_128()
+    raise ValueError(f"algorithm: expected one of {sorted(CHECKSUM_ALGORITHMS)}, got {algorithm!r}")
+
+
+def _looks_like_checksum(value: str) -> bool:
+    return any(
+        len(value) == len(name) + 1 + hex_digits and value[:3] == name[:3]
+        for name, (hex_digits, _, _) in CHECKSUM_ALGORITHMS.items()
+    )
+
+
+def _stored_checksum(path: PathLike, metadata: Mapping[str, str]) -> tuple[str, str] | None:
+    """The ``(algorithm, hex digest)`` a file's metadata records, or None for a file written without a checksum.
+
+    Raises:
+        FormatError: a damaged checksum entry (its key, an unknown algorithm name, a digest of the wrong length or
+            not lower-case hex).
+        ChecksumUnavailableError: the algorithm's library is not installed.
+    """
+    where = repr(str(path))
+    stored = metadata.get(CHECKSUM_KEY)
+    if stored is None:
+        if any(key.startswith("pbeh_c") or _looks_like_checksum(value) for key, value in metadata.items()):
+            # A checksum whose key was damaged: files written without one have neither such a key nor such a value.
+            raise FormatError(f"{where} is damaged: its checksum entry is unreadable")
+        return None
+    algorithm, _, digest = stored.partition(":")
+    if algorithm not in CHECKSUM_ALGORITHMS:
+        raise FormatError(
+            f"{where}: its checksum names the algorithm {algorithm[:20]!r}, which this pbeh {__version__} does not "
+            f"know (it knows {', '.join(CHECKSUM_ALGORITHMS)}): the file is damaged or was written by a newer pbeh; "
+            "a reader with a verify option loads it unchecked with verify=False"
+        )
+    hex_digits, module, extra = CHECKSUM_ALGORITHMS[algorithm]
+    if len(digest) != hex_digits or not all(c in "0123456789abcdef" for c in digest):
+        raise FormatError(
+            f"{where} is damaged: its checksum entry is malformed (expected {algorithm!r}, ':' and {hex_digits} "
+            f"lower-case hex digits, got {len(digest)} characters after ':')"
+        )
+    if not checksum_available(algorithm):
+        raise ChecksumUnavailableError(
+            f"{where} is checksummed with {algorithm}, which needs the {module} package: pip install "
+            f"'pbeh[{extra}]' (or {module}) to verify it, or load it unchecked with verify=False (a trusted file)"
+        )
+    return algorithm, digest
 
 
 # ------------------------------------------------------------------------------------------------ names and modes
@@ -341,10 +440,12 @@ def _canonical_header(header: Mapping[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def _checksum(header: Mapping[str, Any], data: bytes | memoryview) -> str:
-    digest = hashlib.sha256(_canonical_header(header))
+def _checksum(header: Mapping[str, Any], data: bytes | memoryview, algorithm: str = "sha256") -> str:
+    """The checksum entry of a file in one pass: ``"<algorithm>:<hex>"`` over the canonical header and the data."""
+    digest = _new_digest(algorithm)
+    digest.update(_canonical_header(header))
     digest.update(data)
-    return f"sha256:{digest.hexdigest()}"
+    return f"{algorithm}:{digest.hexdigest()}"
 
 
 def serialize_safetensors(tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str]) -> bytes:
@@ -522,13 +623,14 @@ def read_safetensors_metadata(path: PathLike, *, kind: str | None = None) -> dic
     return {k: v for k, v in read_safetensors_header(path, kind=kind).metadata.items() if k != CHECKSUM_KEY}
 
 
-def check_format_version(path: PathLike, meta: Mapping[str, str], supported: int) -> None:
-    """Raise :class:`FormatError` unless ``meta['format_version']`` equals ``supported``."""
+def check_format_version(path: PathLike, meta: Mapping[str, str], supported: int | tuple[int, ...]) -> None:
+    """Raise :class:`FormatError` unless ``meta['format_version']`` is ``supported`` (or one of them)."""
+    versions = supported if isinstance(supported, tuple) else (supported,)
     found = meta.get("format_version")
-    if found != str(supported):
+    if found not in {str(v) for v in versions}:
         raise FormatError(
             f"{str(path)!r} has format_version {found!r}; this pbeh {__version__} reads format_version "
-            f"{supported}. Re-save it with a matching pbeh version."
+            f"{' or '.join(str(v) for v in versions)}. Re-save it with a matching pbeh version."
         )
 
 
@@ -551,14 +653,9 @@ def load_safetensors(path: PathLike, *, kind: str, format_version: int) -> tuple
     expected_size = max((end for *_, end in header.tensors.values()), default=0)
     if len(data) != expected_size:
         raise FormatError(f"{str(path)!r} changed while it was read ({len(data)} data bytes, expected {expected_size})")
-    stored = header.metadata.get(CHECKSUM_KEY)
-    if stored is None and any(
-        key.startswith("pbeh_c") or (len(value) == 71 and value[:3] == "sha") for key, value in header.metadata.items()
-    ):
-        # A checksum whose key was damaged: files written without one have neither such a key nor such a value.
-        raise FormatError(f"{str(path)!r} is damaged: its checksum entry is unreadable")
-    if stored is not None:
-        actual = _checksum(header.raw, data)
+    recorded = _stored_checksum(path, header.metadata)
+    if recorded is not None:
+        stored, actual = ":".join(recorded), _checksum(header.raw, data, recorded[0])
         if stored != actual:
             raise FormatError(
                 f"{str(path)!r} is damaged: its content does not match its checksum (stored {stored[:23]}..., "
@@ -587,18 +684,22 @@ def save_safetensors_streaming(
     kind: str,
     format_version: int,
     metadata: Mapping[str, Any] | None = None,
+    checksum: str = "sha256",
 ) -> None:
     """Write the same bytes as :func:`save_safetensors`, atomically, without holding the file in memory.
 
     Each tensor is given as ``(dtype, shape, blocks)``: ``blocks()`` yields its data as consecutive blocks of rows
     (any number of rows each, the other dimensions as in ``shape``). The header is written with a placeholder
     checksum of the same length, the data is hashed as it is written, and the real checksum replaces the placeholder
-    at the end, so memory stays at one block whatever the file size.
+    at the end, so memory stays at one block whatever the file size. ``checksum`` chooses the algorithm (see
+    :func:`resolve_checksum`; with ``"sha256"`` the bytes equal :func:`save_safetensors`'s).
 
     Raises:
-        ValueError: a tensor's blocks do not add up to its shape.
+        ValueError: a tensor's blocks do not add up to its shape, or an unknown ``checksum``.
+        ImportError: the library of ``checksum`` is not installed.
         TypeError: a dtype pbeh does not store.
     """
+    algorithm = resolve_checksum(checksum)
     meta = _header_metadata(kind, format_version, metadata)
     header: dict[str, Any] = {"__metadata__": {str(k): str(v) for k, v in sorted(meta.items())}}
     offset = 0
@@ -614,7 +715,8 @@ def save_safetensors_streaming(
         header[str(name)] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + n_bytes]}
         layout.append((name, native.newbyteorder("<"), shape, n_bytes))
         offset += n_bytes
-    digest = hashlib.sha256(_canonical_header(header))
+    digest = _new_digest(algorithm)
+    digest.update(_canonical_header(header))
 
     def encode(checksum: str) -> bytes:
         body = dict(header)
@@ -622,7 +724,7 @@ def save_safetensors_streaming(
         raw = json.dumps(body, separators=(",", ":"), sort_keys=False).encode("utf-8")
         return raw + b" " * (-len(raw) % 8)
 
-    placeholder = encode("sha256:" + "0" * 64)
+    placeholder = encode(f"{algorithm}:" + "0" * CHECKSUM_ALGORITHMS[algorithm][0])
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(struct.pack("<Q", len(placeholder)) + placeholder)
         for name, little, shape, n_bytes in layout:
@@ -637,7 +739,7 @@ def save_safetensors_streaming(
                 written += arr.nbytes
             if written != n_bytes:
                 raise ValueError(f"tensors[{name!r}]: the blocks hold {written} bytes, shape {shape} needs {n_bytes}")
-        final = encode(f"sha256:{digest.hexdigest()}")
+        final = encode(f"{algorithm}:{digest.hexdigest()}")
         if len(final) != len(placeholder):  # pragma: no cover - the checksum has a fixed length
             raise RuntimeError("the header changed length when its checksum was filled in")
         fh.seek(8)
@@ -649,20 +751,28 @@ class SafetensorsBlockReader:
 
     Memory stays at one block. Use as a context manager; call :meth:`read_rows` for consecutive blocks of each
     tensor in the order of :attr:`order` (data offsets), then :meth:`finish`, which checks that every byte was read
-    and that the checksum matches (files without one are accepted). ``verify=False`` skips the checksum (hashing
-    costs about as much as reading a file from the page cache); the header checks remain.
+    and that the checksum matches (files without one are accepted). ``verify=False`` skips the checksum (SHA-256
+    costs about as much as reading a file from the page cache, xxh3_128 a tenth of that); the header checks remain.
+    ``format_version`` is the version read, or a tuple of them.
 
     Raises:
-        FormatError: from the checked header (:func:`read_safetensors_header`), the format version, a read error,
-            or a checksum mismatch.
+        FormatError: from the checked header (:func:`read_safetensors_header`), the format version, a damaged
+            checksum entry, a read error, or a checksum mismatch.
+        ChecksumUnavailableError: (a FormatError) ``verify`` and the file's checksum algorithm is not installed.
     """
 
-    def __init__(self, path: PathLike, *, kind: str, format_version: int, verify: bool = True) -> None:
+    def __init__(
+        self, path: PathLike, *, kind: str, format_version: int | tuple[int, ...], verify: bool = True
+    ) -> None:
         self.header = read_safetensors_header(path, kind=kind)
         check_format_version(path, self.header.metadata, format_version)
         self.order = [name for name, _ in sorted(self.header.tensors.items(), key=lambda item: item[1][2])]
-        self._stored = self.header.metadata.get(CHECKSUM_KEY) if verify else None
-        self._digest = hashlib.sha256(_canonical_header(self.header.raw)) if self._stored is not None else None
+        recorded = _stored_checksum(path, self.header.metadata) if verify else None
+        self._algorithm = recorded[0] if recorded is not None else ""
+        self._stored = ":".join(recorded) if recorded is not None else None
+        self._digest = _new_digest(recorded[0]) if recorded is not None else None
+        if self._digest is not None:
+            self._digest.update(_canonical_header(self.header.raw))
         self._position = 0
         try:
             self._fh = open(self.header.path, "rb")  # noqa: SIM115 - closed by close() / __exit__
@@ -711,7 +821,7 @@ class SafetensorsBlockReader:
         if self._position != data_size:
             raise ValueError(f"{self._position} of {data_size} data bytes were read; read every tensor first")
         if self._digest is not None:
-            actual = f"sha256:{self._digest.hexdigest()}"
+            actual = f"{self._algorithm}:{self._digest.hexdigest()}"
             if actual != self._stored:
                 raise FormatError(
                     f"{str(self.header.path)!r} is damaged: its content does not match its checksum (stored "

@@ -198,8 +198,9 @@ def _mixed_index(rng, backend=SMALL_CHUNKS) -> TruncatedHammingIndex:
 
 
 def test_streamed_save_writes_the_bytes_of_the_in_memory_writer(tmp_path: Path):
+    # With SHA-256; xxh3_128 files are checked against a one-pass digest in test_index_checksum.py.
     index = _mixed_index(np.random.default_rng(7))
-    index.save(tmp_path / "streamed.safetensors")
+    index.save(tmp_path / "streamed.safetensors", checksum="sha256")
     tensors = {}
     for n_bits, _ in index.segments:
         ids = index.get_ids(n_bits=n_bits)
@@ -233,27 +234,32 @@ def test_pad_and_unpad_rows_equal_plain_numpy_slicing(n_bits):
         np.testing.assert_array_equal(unpad_rows(wider[:, :code_size], n_bytes), packed)  # a non-contiguous block
 
 
+@pytest.mark.parametrize("checksum", ["sha256", "xxh3_128"])
 @pytest.mark.parametrize("block_bytes", [1, 24, 1000])
-def test_loading_in_small_blocks_equals_the_plain_reader(tmp_path: Path, monkeypatch, block_bytes):
-    # The block reader pads, checks and hashes block by block; the plain reader (load_safetensors) reads the whole
-    # file at once. Both must see the same codes and ids, whatever the block size.
+def test_loading_in_small_blocks_equals_the_plain_reader(tmp_path: Path, monkeypatch, block_bytes, checksum):
+    # The block reader pads, checks and hashes block by block; the plain reader (load_safetensors) reads and hashes
+    # the whole file at once. Both must see the same codes and ids, whatever the block size and checksum.
     from pbeh.index import _files
-    from pbeh.serialization import load_safetensors
+    from pbeh.serialization import checksum_available, load_safetensors
 
+    if not checksum_available(checksum):
+        pytest.skip(f"{checksum} needs pbeh[fast-checksum]")
     rng = np.random.default_rng(block_bytes)
     index = TruncatedHammingIndex(backend=SMALL_CHUNKS)
     for n_bits in (5, 12, 24, 28, 33, 48, 56, 64, 72, 130):
         index.add(random_codes(rng, int(rng.integers(1, 300)), n_bits))
     path = tmp_path / "i.safetensors"
-    index.save(path)
+    index.save(path, checksum=checksum)
     monkeypatch.setattr(_files, "_BLOCK_BYTES", block_bytes)
     loaded = TruncatedHammingIndex.load(path, backend=FlatBackend(chunk_bytes=1024))
-    arrays, _ = load_safetensors(path, kind="index", format_version=1)
+    version = TruncatedHammingIndex.metadata(path)["format_version"]
+    assert version == (1 if checksum == "sha256" else 2)
+    arrays, _ = load_safetensors(path, kind="index", format_version=version)
     for n_bits, _ in index.segments:
         ids = arrays[f"ids.{n_bits}"]
         np.testing.assert_array_equal(loaded.get_ids(n_bits=n_bits), ids)
         np.testing.assert_array_equal(loaded.get_codes(ids, n_bits=n_bits).packed, arrays[f"codes.{n_bits}"])
-    loaded.save(tmp_path / "again.safetensors")  # small blocks on the way out too
+    loaded.save(tmp_path / "again.safetensors", checksum=checksum)  # small blocks on the way out too
     assert (tmp_path / "again.safetensors").read_bytes() == path.read_bytes()
     query = random_codes(rng, 3, 64)
     same_results(index.search(query, 50), loaded.search(query, 50))

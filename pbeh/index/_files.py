@@ -1,9 +1,16 @@
 """Saving and loading a TruncatedHammingIndex: streamed writes and block-by-block reads into the index's storage.
 
-File format (``pbeh_kind`` ``"index"``, ``format_version`` 1): per stored length a ``codes.<n_bits>`` tensor (``uint8
-(n, ceil(n_bits / 8))``, unpadded, big bit order) and an ``ids.<n_bits>`` tensor (``int64 (n,)``, strictly
+File format (``pbeh_kind`` ``"index"``, ``format_version`` 1 or 2): per stored length a ``codes.<n_bits>`` tensor
+(``uint8 (n, ceil(n_bits / 8))``, unpadded, big bit order) and an ``ids.<n_bits>`` tensor (``int64 (n,)``, strictly
 ascending), plus metadata ``bit_order``, ``segment_n_bits``, ``segment_sizes``, ``score``, ``flip_probability`` and
-``next_id``. The layout is unchanged from the first pbeh version; files written since carry a checksum.
+``next_id``. The layout is unchanged from the first pbeh version; files written since carry a checksum,
+``pbeh_checksum`` = ``"<algorithm>:<hex>"`` over the canonical header and the data section. Version 1 files name
+``sha256`` (or have no checksum: the first files); version 2 files have the same layout and a checksum that may name
+any algorithm of :data:`pbeh.serialization.CHECKSUM_ALGORITHMS` (``xxh3_128``, from the optional xxhash package, is
+ten times faster than SHA-256 and faster than reading the file). A save with SHA-256 still writes version 1, so pbeh
+versions that predate xxh3_128 read it; one with another algorithm writes version 2, which those versions refuse with
+a version error instead of calling the file damaged. Reading a version 2 file's checksum needs its algorithm's
+library (:class:`pbeh.serialization.ChecksumUnavailableError` says what to install; ``verify=False`` skips it).
 
 Memory: saving streams every tensor block by block (:func:`pbeh.serialization.save_safetensors_streaming`); loading
 reads each tensor block by block straight into the segments' chunks (:class:`pbeh.serialization.
@@ -26,6 +33,7 @@ from ..serialization import (
     FormatError,
     SafetensorsBlockReader,
     read_safetensors_metadata,
+    resolve_checksum,
     save_safetensors_streaming,
 )
 from ._flat import _tail_mask
@@ -33,7 +41,9 @@ from ._scoring import INT64_MAX, SCORE_POLICIES
 
 __all__ = ["BIT_ORDER", "FORMAT_VERSION", "IndexFile", "read_index_metadata", "save_index"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # written with a SHA-256 checksum
+FORMAT_VERSION_ANY_CHECKSUM = 2  # the same layout, with a checksum by any algorithm this pbeh knows
+READ_VERSIONS = (FORMAT_VERSION, FORMAT_VERSION_ANY_CHECKSUM)
 KIND = "index"
 BIT_ORDER = "big"
 _BLOCK_BYTES = 1 << 20  # bytes read, hashed and checked per step: about one core's L2 cache, so each pass is cached
@@ -44,8 +54,13 @@ def _block_rows(row_bytes: int) -> int:
     return max(1, _BLOCK_BYTES // row_bytes)
 
 
-def save_index(path: str | os.PathLike[str], segments: dict[int, Any], header: dict[str, Any]) -> None:
-    """Write ``segments`` ({n_bits: segment}) and ``header`` to ``path``, streamed and atomic."""
+def save_index(
+    path: str | os.PathLike[str], segments: dict[int, Any], header: dict[str, Any], *, checksum: str = "auto"
+) -> None:
+    """Write ``segments`` ({n_bits: segment}) and ``header`` to ``path``, streamed and atomic, with the checksum
+    ``checksum`` (see :func:`pbeh.serialization.resolve_checksum`)."""
+    algorithm = resolve_checksum(checksum)
+    version = FORMAT_VERSION if algorithm == "sha256" else FORMAT_VERSION_ANY_CHECKSUM
     tensors: dict[str, Any] = {}
     for n_bits, seg in segments.items():
         n_bytes, count = (n_bits + 7) // 8, len(seg)
@@ -59,7 +74,7 @@ def save_index(path: str | os.PathLike[str], segments: dict[int, Any], header: d
 
         tensors[f"codes.{n_bits}"] = (np.uint8, (count, n_bytes), codes)
         tensors[f"ids.{n_bits}"] = (np.int64, (count,), ids)
-    save_safetensors_streaming(path, tensors, kind=KIND, format_version=FORMAT_VERSION, metadata=header)
+    save_safetensors_streaming(path, tensors, kind=KIND, format_version=version, metadata=header, checksum=algorithm)
 
 
 def unpad_rows(padded: np.ndarray, n_bytes: int) -> np.ndarray:
@@ -110,10 +125,16 @@ class IndexFile:
 
     def __init__(self, path: str | os.PathLike[str], *, verify: bool = True) -> None:
         self.path = path
-        self._reader = SafetensorsBlockReader(path, kind=KIND, format_version=FORMAT_VERSION, verify=verify)
+        self._reader = SafetensorsBlockReader(path, kind=KIND, format_version=READ_VERSIONS, verify=verify)
         try:
             metadata = {k: v for k, v in self._reader.header.metadata.items() if k != CHECKSUM_KEY}
             self.meta = _parse_header(path, metadata)
+            if (
+                verify
+                and self.meta["format_version"] >= FORMAT_VERSION_ANY_CHECKSUM
+                and CHECKSUM_KEY not in self._reader.header.metadata
+            ):
+                raise FormatError(f"{str(path)!r} is damaged: a version 2 index always has a checksum, this has none")
         except BaseException:
             self._reader.close()
             raise
