@@ -1,0 +1,132 @@
+"""``pbeh search``: query a saved run's index with feature vectors, or a Retriever folder with texts, images or
+feature vectors; print the hits as a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+import numpy as np
+
+from ._output import format_table, print_json
+from ._setup import UserError, set_threads
+
+
+def search(args: argparse.Namespace) -> int:
+    """``pbeh search RUN``: encode the queries with the run's model and search the other modality's index."""
+    import torch
+
+    from .._run import read_run
+    from ..index import TruncatedHammingIndex
+    from ..model import CrossModalHashModel
+
+    set_threads(args.threads)
+    if args.k < 1:
+        raise UserError(f"--k: expected a positive number of results, got {args.k}")
+    given = [name for name in ("features", "text", "image") if getattr(args, name) is not None]
+    if len(given) != 1:
+        raise UserError(f"search: expected one of --features, --text, --image; got {given or 'none'}")
+    if args.features is not None and args.modality is None:
+        raise UserError("--modality: say which modality the --features are (image or text)")
+    if (args.run / "retriever.json").is_file():
+        return search_retriever(args)
+    if args.features is None:
+        raise UserError(
+            f"--{given[0]}: {args.run} is a run directory, which holds no encoder; search it with --features "
+            "(a Retriever folder takes --text and --image)"
+        )
+    run = read_run(args.run)
+    model = CrossModalHashModel.from_pretrained(run.state / "model")
+    other = "text" if args.modality == "image" else "image"
+    index = TruncatedHammingIndex.load(run.state / f"{other}_index.safetensors")
+    feats = query_features(args, model.feature_dim(args.modality), "this run's model")
+    codes = model.encode(torch.as_tensor(feats, dtype=torch.float32), args.modality)
+    result = index.search(codes, args.k)
+    names = run.info.get("task_names") or run.task_names
+    label_names = run.label_names
+    queries: list[dict[str, Any]] = []
+    for q in range(len(codes)):
+        hits = []
+        tasks = run.task_of(result.ids[q])
+        for item, score, task in zip(result.ids[q].tolist(), result.scores[q].tolist(), tasks, strict=True):
+            if int(item) == -1:
+                continue
+            labels = run.labels_of(int(item))
+            hit: dict[str, Any] = {
+                "id": int(item),
+                "score": float(score),
+                "task": None if task is None else task + 1,
+                "task_name": None if task is None or task >= len(names) else names[task],
+                "labels": labels,
+            }
+            if label_names is not None:
+                hit["label_names"] = [label_names[c] for c in labels if c < len(label_names)]
+            hits.append(hit)
+        queries.append({"query": q, "hits": hits})
+    if args.json:
+        print_json({"modality": args.modality, "searched": other, "k": args.k, "queries": queries})
+        return 0
+    for entry in queries:
+        print(f"query {entry['query']} ({args.modality} → {other}):")
+        rows = [["rank", "id", "score", "task", "labels"]]
+        for rank, hit in enumerate(entry["hits"], start=1):
+            task = "-" if hit["task"] is None else f"{hit['task']} {hit['task_name'] or ''}".strip()
+            labels = ", ".join(hit.get("label_names") or [str(c) for c in hit["labels"]]) or "-"
+            rows.append([str(rank), str(hit["id"]), f"{hit['score']:.3f}", task, labels])
+        print(format_table(rows, right=[True, True, True, False, False]))
+    return 0
+
+
+def query_features(args: argparse.Namespace, width: int, what: str) -> np.ndarray:
+    """The ``--features`` file as a float32 (n, width) array, or a UserError naming what is wrong."""
+    if not args.features.is_file():
+        raise UserError(f"--features: no such file {str(args.features)!r}")
+    try:
+        feats = np.load(args.features, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise UserError(f"--features: {str(args.features)!r} is not a readable .npy array ({exc})") from exc
+    if feats.ndim == 1:
+        feats = feats[None, :]
+    if feats.ndim != 2 or feats.shape[1] != width:
+        raise UserError(
+            f"--features: expected (n, {width}) {args.modality} features for {what}, got shape {feats.shape}"
+        )
+    return np.asarray(feats, dtype=np.float32)
+
+
+def search_retriever(args: argparse.Namespace) -> int:
+    """Search a folder written by Retriever.save: texts, images (its encoders) or features."""
+    from ..retriever import Retriever
+
+    retriever = Retriever.load(args.run)
+    if args.text is not None:
+        modality, results = "text", retriever.search(text=list(args.text), k=args.k)
+    elif args.image is not None:
+        missing = [str(p) for p in args.image if not p.is_file()]
+        if missing:
+            raise UserError(f"--image: no such file {missing[0]!r}")
+        modality, results = "image", retriever.search(image=[str(p) for p in args.image], k=args.k)
+    else:
+        modality = args.modality
+        feats = query_features(args, retriever.model.feature_dim(modality), "this Retriever's model")
+        results = retriever.search(**{f"{modality}_features": feats}, k=args.k)
+    other = "image" if modality == "text" else "text"
+    queries = [
+        {
+            "query": q,
+            "hits": [{"id": h.id, "score": h.score, "task_name": h.task, "metadata": h.metadata} for h in hits],
+        }
+        for q, hits in enumerate(results)
+    ]
+    if args.json:
+        print_json({"modality": modality, "searched": other, "k": args.k, "queries": queries})
+        return 0
+    for entry in queries:
+        print(f"query {entry['query']} ({modality} → {other}):")
+        rows = [["rank", "id", "score", "task", "metadata"]]
+        for rank, hit in enumerate(entry["hits"], start=1):
+            meta = "-" if hit["metadata"] is None else json.dumps(hit["metadata"], ensure_ascii=False)
+            rows.append([str(rank), str(hit["id"]), f"{hit['score']:.3f}", hit["task_name"] or "-", meta])
+        print(format_table(rows, right=[True, True, True, False, False]))
+    return 0
