@@ -2,7 +2,8 @@
 
 Usage::
 
-    python bench/index_scale_bench.py --sizes 1000000 4000000 [--parts search add files ivf milvus] [--repeats R]
+    python bench/index_scale_bench.py --sizes 1000000 4000000 [--parts checksum search add files ivf milvus]
+        [--repeats R]
 
 Every figure is a ratio against an anchor measured in the same run (absolute times vary on the shared machines):
 
@@ -12,12 +13,17 @@ Every figure is a ratio against an anchor measured in the same run (absolute tim
 * ``add``: all codes added in batches of 100,000 (automatic ids) against ``IndexBinaryFlat.add`` in the same batches;
   ratio = faiss time / index time (>= 0.5 wanted); the index's time per code at each size shows linearity.
 * ``files``: ``save`` / ``load`` against ``faiss.write_index_binary`` + ``np.save(ids)`` and
-  ``faiss.read_index_binary`` + ``np.load(ids)``; ratio = faiss time / index time (>= 0.5 wanted); pbeh's files carry
-  a SHA-256 checksum, so load is also timed with ``verify=False`` (faiss checks nothing). ``--repeats`` interleaved
-  runs each: ratios of the medians, of the fastest runs and of the median CPU times (the last two are disturbed
-  less on a shared machine; the fsync wait of a save is not CPU time); the SHA-256 time alone and the throughputs of
-  SHA-256 and of faiss's read show how much of the gap the checksum is. Peak extra memory of save and load
-  (tracemalloc, which sees numpy's allocations) over the bytes of the index's arrays (<= 1.2 wanted).
+  ``faiss.read_index_binary`` + ``np.load(ids)``; ratio = faiss time / index time (>= 0.5 wanted). pbeh's files carry
+  a checksum (faiss checks nothing): the default, xxh3_128 when xxhash is installed (``pbeh[fast-checksum]``), and
+  SHA-256 (``checksum="sha256"``, the dependency-free fallback) are both timed, and load also with ``verify=False``.
+  ``--repeats`` interleaved runs each: ratios of the medians, of the fastest runs and of the median CPU times (the
+  last two are disturbed less on a shared machine; the fsync wait of a save is not CPU time); the time of each
+  checksum alone over the file's bytes and faiss's read throughput show how much of the gap the checksum is. Peak
+  extra memory of save and load (tracemalloc, which sees numpy's allocations) over the bytes of the index's arrays
+  (<= 1.2 wanted).
+* ``checksum``: a micro-benchmark of the candidate checksums on 256 MiB in memory (GB/s): SHA-256, zlib.crc32,
+  xxh3_128, and per-block digests (1 MiB blocks) hashed by a pool of 1 and 2 threads, plus a file read from the
+  page cache in 1 MiB blocks with and without hashing each block.
 * ``ivf``: clustered codes (random 64-bit centres, one per 1,000 codes; each bit flipped with p = 0.1); queries drawn
   the same way; recall@10 against the exact flat index, tie-aware (a returned item counts when its distance is at most
   the exact 10th distance) and by ids; speed-up = flat time / IVF time for 100 queries, per ``nprobe``.
@@ -36,13 +42,14 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
-import hashlib  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import tracemalloc  # noqa: E402
+import zlib  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -50,6 +57,7 @@ import numpy as np  # noqa: E402
 from pbeh import _faiss  # noqa: E402
 from pbeh.codes import Codes  # noqa: E402
 from pbeh.index import IVFBackend, TruncatedHammingIndex  # noqa: E402
+from pbeh.serialization import _new_digest, checksum_available, resolve_checksum  # noqa: E402
 
 BATCH = 100_000
 
@@ -166,7 +174,9 @@ def files_part(n: int, mixed: bool, directory: Path, repeats: int) -> None:
     faiss = faiss_module()
     flat = _faiss.flat_index(packed)
     del packed
-    ours_path, faiss_path, ids_path = directory / "i.safetensors", directory / "f.faissindex", directory / "ids.npy"
+    fast = resolve_checksum("auto")  # xxh3_128 with pbeh[fast-checksum], else sha256
+    ours_path, sha_path = directory / "i.safetensors", directory / "sha.safetensors"
+    faiss_path, ids_path = directory / "f.faissindex", directory / "ids.npy"
 
     def faiss_save() -> None:
         faiss.write_index_binary(flat, str(faiss_path))
@@ -176,20 +186,19 @@ def files_part(n: int, mixed: bool, directory: Path, repeats: int) -> None:
         faiss.read_index_binary(str(faiss_path))
         np.load(ids_path)
 
+    index.save(sha_path, checksum="sha256")
     runs = {
-        "save": interleaved_runs(faiss_save, lambda: index.save(ours_path), repeats),
-        "load": interleaved_runs(faiss_load, lambda: TruncatedHammingIndex.load(ours_path), repeats),
-        "load_unverified": interleaved_runs(
+        f"save {fast}": interleaved_runs(faiss_save, lambda: index.save(ours_path), repeats),
+        f"load {fast}": interleaved_runs(faiss_load, lambda: TruncatedHammingIndex.load(ours_path), repeats),
+        "load verify=False": interleaved_runs(
             faiss_load, lambda: TruncatedHammingIndex.load(ours_path, verify=False), repeats
         ),
     }
-    best = {part: min(ta) / min(tb) for part, (ta, tb, _, _) in runs.items()}  # the fastest runs: least disturbed
-    cpu = {part: statistics.median(ca) / statistics.median(cb) for part, (_, _, ca, cb) in runs.items()}
-    (t_fs, t_is), (t_fl, t_il), (t_fl2, t_iu) = (
-        (statistics.median(ta), statistics.median(tb)) for ta, tb, _, _ in runs.values()
-    )
+    if fast != "sha256":
+        runs["save sha256"] = interleaved_runs(faiss_save, lambda: index.save(sha_path, checksum="sha256"), repeats)
+        runs["load sha256"] = interleaved_runs(faiss_load, lambda: TruncatedHammingIndex.load(sha_path), repeats)
     arrays = arrays_bytes(index)
-    t_hash = sha256_seconds(ours_path)
+    t_hash = {name: checksum_seconds(ours_path, name) for name in dict.fromkeys(("sha256", fast))}
     gc.collect()
     tracemalloc.start()
     index.save(ours_path)
@@ -203,25 +212,96 @@ def files_part(n: int, mixed: bool, directory: Path, repeats: int) -> None:
     same = bool(np.array_equal(loaded.get_ids(), ids))
     label = "mixed" if mixed else "single"
     faiss_bytes = faiss_path.stat().st_size + ids_path.stat().st_size
+    t_faiss_read = statistics.median(runs[f"load {fast}"][0])
+    for part, (ta, tb, ca, cb) in runs.items():
+        t_a, t_b, cpu = statistics.median(ta), statistics.median(tb), statistics.median(ca) / statistics.median(cb)
+        print(
+            f"files   n={n:>11,}  {label:<6} {part:<17} faiss {t_a:6.3f} s  index {t_b:6.3f} s  ratio {t_a / t_b:6.3f}"
+            f"  best-of-{repeats} {min(ta) / min(tb):6.3f}  CPU-time {cpu:6.3f}"
+        )
+    size = ours_path.stat().st_size
     print(
-        f"files   n={n:>11,}  {label:<6} save: faiss {t_fs:6.3f} s index {t_is:6.3f} s ratio {t_fs / t_is:6.3f} "
-        f"(without the SHA-256 time {t_hash:5.3f} s: {t_fs / max(t_is - t_hash, 1e-9):6.3f}) | "
-        f"load: faiss {t_fl:6.3f} s index {t_il:6.3f} s ratio {t_fl / t_il:6.3f} (verify=False: {t_fl2 / t_iu:6.3f})"
-        f" | best-of-{repeats} ratios: save {best['save']:6.3f} load {best['load']:6.3f} verify=False "
-        f"{best['load_unverified']:6.3f} | CPU-time ratios: save {cpu['save']:6.3f} (the fsync wait is not CPU time) "
-        f"load {cpu['load']:6.3f} verify=False {cpu['load_unverified']:6.3f}"
-        f" | GB/s: SHA-256 {ours_path.stat().st_size / t_hash / 1e9:4.2f}, faiss read {faiss_bytes / t_fl / 1e9:4.2f}"
-        f" | peak/arrays save {save_peak / arrays:5.3f} (extra) load {load_peak / arrays:5.3f} (incl. the loaded "
-        f"arrays) | ids equal={same}"
+        f"files   n={n:>11,}  {label:<6} checksum alone over the file: "
+        + ", ".join(f"{name} {t:5.3f} s ({size / t / 1e9:5.2f} GB/s)" for name, t in t_hash.items())
+        + f" | faiss read {faiss_bytes / t_faiss_read / 1e9:4.2f} GB/s | peak/arrays save {save_peak / arrays:5.3f} "
+        f"(extra) load {load_peak / arrays:5.3f} (incl. the loaded arrays) | ids equal={same}"
     )
-    for p in (ours_path, faiss_path, ids_path):
+    for p in (ours_path, sha_path, faiss_path, ids_path):
         p.unlink()
 
 
-def sha256_seconds(path: Path) -> float:
-    """Median time of SHA-256 alone over the bytes of ``path`` (about what the checksum covers), held in memory."""
+def checksum_seconds(path: Path, algorithm: str) -> float:
+    """Median time of ``algorithm`` alone over the bytes of ``path`` (about what the checksum covers), in memory."""
     data = path.read_bytes()
-    return statistics.median(timed(lambda: hashlib.sha256(data).digest()) for _ in range(5))
+
+    def run() -> None:
+        digest = _new_digest(algorithm)
+        digest.update(data)
+        digest.hexdigest()
+
+    return statistics.median(timed(run) for _ in range(5))
+
+
+def checksum_part(directory: Path, repeats: int) -> None:
+    """GB/s of the candidate checksums (in memory, and beside a read from the page cache)."""
+    size, block = 256 << 20, 1 << 20
+    data = np.random.default_rng(5).integers(0, 256, size, dtype=np.uint8)
+    view = memoryview(data).cast("B")
+    names = ["sha256"] + (["xxh3_128"] if checksum_available("xxh3_128") else [])
+
+    def speed(fn: Callable[[], object]) -> float:
+        fn()
+        return size / statistics.median(timed(fn) for _ in range(repeats)) / 1e9
+
+    def streamed(name: str) -> Callable[[], object]:
+        def run() -> None:
+            digest = _new_digest(name)
+            for s in range(0, size, block):
+                digest.update(view[s : s + block])
+            digest.hexdigest()
+
+        return run
+
+    def crc32() -> None:
+        value = 0
+        for s in range(0, size, block):
+            value = zlib.crc32(view[s : s + block], value)
+
+    figures = {f"{name} (one stream)": speed(streamed(name)) for name in names}
+    figures["zlib.crc32 (one stream)"] = speed(crc32)
+    for name in names:
+        for workers in (1, 2):
+            with ThreadPoolExecutor(workers) as pool:
+
+                def per_block(name: str = name, pool: ThreadPoolExecutor = pool) -> None:
+                    def one(s: int) -> str:
+                        digest = _new_digest(name)
+                        digest.update(view[s : s + block])
+                        return digest.hexdigest()
+
+                    list(pool.map(one, range(0, size, block)))
+
+                figures[f"{name} per-block digests, {workers} thread(s)"] = speed(per_block)
+    path = directory / "checksum.bin"
+    data.tofile(path)
+    out = memoryview(np.empty(block, np.uint8)).cast("B")
+
+    def read(name: str | None) -> Callable[[], object]:
+        def run() -> None:
+            digest = _new_digest(name) if name else None
+            with open(path, "rb", buffering=0) as fh:
+                while got := fh.readinto(out):
+                    if digest is not None:
+                        digest.update(out[:got])
+
+        return run
+
+    figures["read from the page cache (1 MiB blocks)"] = speed(read(None))
+    for name in names:
+        figures[f"read + {name}"] = speed(read(name))
+    path.unlink()
+    for what, gbs in figures.items():
+        print(f"checksum  {what:<42} {gbs:6.2f} GB/s")
 
 
 def clustered(rng: np.random.Generator, n: int, centres: np.ndarray, p: float = 0.1) -> np.ndarray:
@@ -304,6 +384,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average at start: {os.getloadavg()[0]:.2f} (1 min), cpus: {os.cpu_count()}")
     ok = True
     with tempfile.TemporaryDirectory(prefix="pbeh-index-bench-") as tmp:
+        if "checksum" in args.parts:
+            checksum_part(Path(tmp), args.repeats)
         for n in args.sizes:
             if "search" in args.parts:
                 ok &= search_part(n, args.repeats)
