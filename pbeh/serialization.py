@@ -172,7 +172,8 @@ def _stored_checksum(path: PathLike, metadata: Mapping[str, str]) -> tuple[str, 
     if not checksum_available(algorithm):
         raise ChecksumUnavailableError(
             f"{where} is checksummed with {algorithm}, which needs the {module} package: pip install "
-            f"'pbeh[{extra}]' (or {module}) to verify it, or load it unchecked with verify=False (a trusted file)"
+            f"'pbeh[{extra}]' (or {module}) to verify it; a trusted index file loads unchecked with "
+            "TruncatedHammingIndex.load(path, verify=False)"
         )
     return algorithm, digest
 
