@@ -11,13 +11,14 @@ comparison isolates what each part is worth:
                           ``TrainerConfig.freeze_old_bits``).
 ``"pbeh-no-replay"``      pbeh without class-prototype replay (``TrainerConfig.prototype_replay=0``).
 ``"pbeh-no-stored"``      pbeh without the stored-code term (the ablation of :func:`pbeh.losses.stored_code_loss`).
+``"pbeh-no-centers"``     pbeh without the class-centre term (the ablation of :class:`pbeh.centers.ClassCenters`).
 ``"pbeh-reference"``      PBEH as released: cross-batch attention, randn prompts on raw features, old bit rows
                           keep training at 0.1·lr, epoch selection on the test queries (optimistic), no replay.
                           Only the recipe: epochs, batch, lr and heads come from the caller (the released
                           settings are :meth:`TrainerConfig.reference` and heads of 4096).
 ``"fixed-length"``        pbeh's defaults, never extend.
-``"finetune"``            no prompt context, no anchor, no stored-code term: heads fine-tuned task after task, never
-                          extended.
+``"finetune"``            no prompt context, no anchor, no stored-code term, no class centres: heads fine-tuned task
+                          after task, never extended.
 ``"joint"``               all tasks' training data at once (the upper bound; not continual).
 ========================  ==================================================================================
 """
@@ -36,7 +37,10 @@ from .trainer import ContinualTrainer, TrainerConfig
 
 __all__ = ["METHODS", "build_trainer", "run_method"]
 
-METHODS = ("pbeh", "pbeh-no-replay", "pbeh-no-stored", "pbeh-reference", "fixed-length", "finetune", "joint")
+METHODS = (
+    "pbeh", "pbeh-no-replay", "pbeh-no-stored", "pbeh-no-centers", "pbeh-reference",
+    "fixed-length", "finetune", "joint",
+)  # fmt: skip
 
 
 def build_trainer(
@@ -55,8 +59,7 @@ def build_trainer(
     """A trainer configured as ``method`` (one of :data:`METHODS`) for ``stream``'s feature widths.
 
     ``extension_policy`` replaces the mode-centre rule (built from ``rho`` and ``delta``) of the methods that extend
-    (``"pbeh"``, ``"pbeh-no-replay"``, ``"pbeh-no-stored"``, ``"pbeh-reference"``); the methods that never extend
-    refuse it.
+    (``"pbeh"`` and its ``"pbeh-..."`` variants); the methods that never extend refuse it.
     """
     if extension_policy is not None and not isinstance(extension_policy, ExtensionPolicy):
         raise ValueError(
@@ -76,6 +79,9 @@ def build_trainer(
     elif method == "pbeh-no-stored":
         cfg = base
         weights = LossWeights.pbeh(stored_codes=0.0)
+    elif method == "pbeh-no-centers":
+        cfg = base
+        weights = LossWeights.pbeh(class_centers=0.0)
     elif method == "pbeh-reference":
         cfg = dataclasses.replace(
             base,
@@ -98,7 +104,7 @@ def build_trainer(
     elif method == "finetune":
         cfg = dataclasses.replace(base, prototype_replay=0)
         policy = NeverExtend()
-        weights = LossWeights.pbeh(anchor=0.0, stored_codes=0.0)
+        weights = LossWeights.pbeh(anchor=0.0, stored_codes=0.0, class_centers=0.0)
         use_prompts = False
     elif method == "joint":
         cfg = base

@@ -438,6 +438,31 @@ def stored_code_loss(h: torch.Tensor, stored_codes: torch.Tensor, S: torch.Tenso
     return torch.nn.functional.mse_loss(inner, S.to(h.dtype))
 
 
+def center_loss(h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Class-centre term ``mean_i (1 − cos(h_i, t_i))`` over the rows whose target has a nonzero bit (pbeh).
+
+    ``t_i ∈ {−1, 0, +1}^K`` is item ``i``'s target code from :meth:`pbeh.centers.ClassCenters.targets`: the centre of
+    its class (the bitwise majority for several labels; 0 on a tied bit). Rows whose target is all zero (no class
+    with a centre) do not count; with none left the term is 0.
+
+    Example:
+        >>> h = torch.tensor([[1.0, 1.0], [1.0, -1.0]])
+        >>> t = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+        >>> float(center_loss(h, t))  # the first row sits on its centre; the second has no target
+        0.0
+    """
+    h = _check_matrix(h, "h")
+    targets = _check_matrix(targets, "targets")
+    if targets.shape != h.shape:
+        raise ValueError(f"targets: expected shape {tuple(h.shape)} like h, got {tuple(targets.shape)}")
+    norms = torch.linalg.vector_norm(targets, dim=1)
+    rows = norms > 0
+    if not bool(rows.any()):
+        return h.new_zeros(())
+    cos = (torch.nn.functional.normalize(h[rows], dim=1) * targets[rows].to(h.dtype)).sum(1) / norms[rows].to(h.dtype)
+    return (1.0 - cos).mean()
+
+
 def batch_mode_center(codes: torch.Tensor) -> torch.Tensor:
     """Per-bit majority ("mode") centre ``sign(Σ_i codes_i)`` with a straight-through gradient to the column mean.
 
@@ -537,6 +562,7 @@ class LossWeights:
     anchor: float = 0.1
     center_separation: float = 0.0
     stored_codes: float = 0.0
+    class_centers: float = 0.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -562,7 +588,7 @@ class LossWeights:
         fell from −0.03 to −0.06: new tasks' codes keep out of old tasks' Hamming regions, at the price of old
         queries drifting more. ``stored_codes=0`` restores the per-task-first trade-off.
         """
-        return cls(**{"stored_codes": 30.0, "contrastive": 10.0, **overrides})
+        return cls(**{"stored_codes": 30.0, "contrastive": 10.0, "class_centers": 100.0, **overrides})
 
     @classmethod
     def reference_coco(cls, **overrides: float) -> LossWeights:

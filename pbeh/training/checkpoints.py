@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
+from ..centers import ClassCenters
 from ..extension import ExtensionPolicy, extension_policy_from_config
 from ..index import TruncatedHammingIndex
 from ..losses import LossWeights
@@ -68,6 +69,7 @@ class TrainerCheckpoints:
     _stored: list[_StoredTask]
     _anchors: list[torch.Tensor]
     _prototypes: list[ClassPrototypes]
+    _centers: ClassCenters | None
     _pending_extension: int
     n_tasks_done: int  # the trainer's property
 
@@ -101,6 +103,8 @@ class TrainerCheckpoints:
             arrays[f"stored.{s}.labels"] = np.asarray(stored.labels, dtype=np.uint8)
         for s, prototypes in enumerate(self._prototypes):
             arrays.update(prototypes.to_arrays(f"prototypes.{s}."))
+        if self._centers is not None:
+            arrays.update(self._centers.to_arrays("centers."))
         save_safetensors(tmp / "trainer_state.safetensors", arrays, kind="trainer_state", format_version=1)
         write_json(
             tmp / "trainer.json",
@@ -211,6 +215,15 @@ class TrainerCheckpoints:
             for i in range(len(self._stored))
             if f"prototypes.{i}.classes" in arrays
         ]
+        # States written before class centres existed have none: the next task builds the table (earlier classes first).
+        self._centers = ClassCenters.from_arrays(arrays, "centers.") if "centers.centers" in arrays else None
+        if self._centers is not None:
+            n_classes = self._stored[0].labels.shape[1] if self._stored else self._centers.n_classes
+            if self._centers.n_classes != n_classes or self._centers.n_bits > self.model.n_bits:
+                raise FormatError(
+                    f"{source}: the class centre table is {self._centers.n_classes} x {self._centers.n_bits}, the "
+                    f"state has {n_classes} classes and {self.model.n_bits}-bit codes"
+                )
         self._pending_extension = int(meta["pending_extension"])
         self.reports = [TaskReport.from_dict(r) for r in meta["reports"]]
         self.matrix = ContinualMatrix.from_dict(meta["matrix"])

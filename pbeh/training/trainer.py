@@ -40,11 +40,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..centers import ClassCenters
 from ..codes import Codes
 from ..data import Split, Task, TaskStream
 from ..extension import ExtensionPolicy, ModeCenterRule, NeverExtend
 from ..index import TruncatedHammingIndex
-from ..losses import LossWeights, anchor_loss, label_similarity, pbeh_loss, stored_code_loss
+from ..losses import LossWeights, anchor_loss, center_loss, label_similarity, pbeh_loss, stored_code_loss
 from ..metrics import ContinualMatrix
 from ..model import CrossModalHashModel
 from ..prototypes import ClassPrototypes
@@ -140,6 +141,8 @@ class ContinualTrainer(TrainerEvaluation, TrainerCheckpoints):
         self._seen: list[Task] = []
         self._anchors: list[torch.Tensor] = []
         self._prototypes: list[ClassPrototypes] = []
+        self._centers: ClassCenters | None = None
+        self._center_table: torch.Tensor | None = None  # the centres as a (n_classes, K) tensor, for the loss
         self._pending_extension = 0
 
     # ------------------------------------------------------------------ construction
@@ -248,12 +251,12 @@ class ContinualTrainer(TrainerEvaluation, TrainerCheckpoints):
 
     _ROLLBACK_FIELDS = (
         "model", "image_index", "text_index", "matrix", "reports", "_stored", "_seen", "_anchors", "_prototypes",
-        "_pending_extension",
+        "_centers", "_center_table", "_pending_extension",
     )  # fmt: skip
 
     def _snapshot(self) -> dict[str, Any]:
         """Copies of everything a task changes (model, indexes, matrix, bookkeeping) for :meth:`_rollback`."""
-        deep = {"model", "image_index", "text_index", "matrix"}
+        deep = {"model", "image_index", "text_index", "matrix", "_centers"}
         return {
             name: copy.deepcopy(getattr(self, name)) if name in deep else copy.copy(getattr(self, name))
             for name in self._ROLLBACK_FIELDS
@@ -317,6 +320,8 @@ class ContinualTrainer(TrainerEvaluation, TrainerCheckpoints):
                 self.model.n_bits,
             )  # fmt: skip
             self._pending_extension = 0
+        if self.loss_weights.class_centers > 0:
+            self._prepare_centers(task)
 
         if cfg.select_on == "validation":
             train, validation = task.split_validation(cfg.validation_fraction, seed=cfg.seed + t)
@@ -653,7 +658,25 @@ class ContinualTrainer(TrainerEvaluation, TrainerCheckpoints):
                 term = term + stored_code_loss(h_image, text_codes, S) + stored_code_loss(h_text, image_codes, S)
             total = total + w.stored_codes * term
             terms["stored_codes"] = float(term.detach())
+        if w.class_centers > 0 and self._center_table is not None:
+            targets = torch.sign((labels != 0).to(self._center_table.dtype) @ self._center_table)
+            term = center_loss(h_image, targets) + center_loss(h_text, targets)
+            total = total + w.class_centers * term
+            terms["class_centers"] = float(term.detach())
         return total, terms
+
+    def _prepare_centers(self, task: Task) -> None:
+        """Give the task's new classes their centres (the table follows the code length) before it trains."""
+        n_classes = task.train.labels.shape[1]
+        if self._centers is None:
+            self._centers = ClassCenters(n_classes, self.model.n_bits, seed=self.config.seed)
+            for stored in self._stored:  # a state saved before centres existed: the earlier tasks' classes first
+                self._centers.assign(np.flatnonzero(np.asarray(stored.labels).any(axis=0)))
+        if self._centers.n_bits < self.model.n_bits:
+            self._centers.extend(self.model.n_bits - self._centers.n_bits)
+        self._centers.assign(np.flatnonzero(np.asarray(task.train.labels).any(axis=0)))
+        table = self._centers.centers * self._centers.assigned[:, None]
+        self._center_table = torch.as_tensor(table, dtype=torch.float32, device=self.device)
 
     def _distributed_step(
         self,
@@ -781,8 +804,8 @@ class ContinualTrainer(TrainerEvaluation, TrainerCheckpoints):
             )
         for name in (
             "model", "config", "loss_weights", "extension_policy", "index_score",
-            "image_index", "text_index", "_stored", "_anchors", "_prototypes", "_pending_extension", "reports",
-            "matrix",
+            "image_index", "text_index", "_stored", "_anchors", "_prototypes", "_centers", "_pending_extension",
+            "reports", "matrix",
         ):  # fmt: skip
             setattr(self, name, getattr(loaded, name))
 
