@@ -1,8 +1,9 @@
 """Training: the continual trainer and what it needs to run past one process.
 
 * :class:`ContinualTrainer` (:mod:`pbeh.training.trainer`): the PBEH recipe, task after task (fit, fit_task, the
-  training loop, resuming); its evaluation after each task is in :mod:`pbeh.training.evaluation`, saving, loading and
-  checkpoints in :mod:`pbeh.training.checkpoints`.
+  training loop, resuming); what one minibatch's loss is made of and the optimiser are in
+  :mod:`pbeh.training.objective`, its evaluation after each task in :mod:`pbeh.training.evaluation`, saving, loading
+  and checkpoints in :mod:`pbeh.training.checkpoints`.
 * :class:`TrainerConfig` (:mod:`pbeh.training.config`): the optimisation and protocol options.
 * :class:`TaskReport` (:mod:`pbeh.training.report`): what happened on one task.
 * :class:`ResumeMismatchError`, :func:`checkpoint_state_dir`, :func:`resume_differences`

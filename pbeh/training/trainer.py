@@ -21,10 +21,11 @@ each rank trains its share of the seeded global minibatches in DistributedDataPa
 gathered global batch, rank 0 selects, evaluates, decides on extension and writes checkpoints, and every rank ends
 with the same state (docs/distributed.md). With one process nothing of this runs.
 
-This module holds the class and its training loop; two mixins hold the rest of its methods: the evaluation after
-each task (step 5) in :mod:`pbeh.training.evaluation`, saving, loading and checkpoints (step 6) in
-:mod:`pbeh.training.checkpoints`. The options are :class:`~pbeh.training.config.TrainerConfig`, the per-task result
-:class:`~pbeh.training.report.TaskReport`.
+This module holds the class and its training loop; three mixins hold the rest of its methods: the objective of step 3
+(the optimiser, the class centres, the stored-code targets and each minibatch's loss, also under DDP) in
+:mod:`pbeh.training.objective`, the evaluation after each task (step 5) in :mod:`pbeh.training.evaluation`, saving,
+loading and checkpoints (step 6) in :mod:`pbeh.training.checkpoints`. The options are
+:class:`~pbeh.training.config.TrainerConfig`, the per-task result :class:`~pbeh.training.report.TaskReport`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from ..codes import Codes
 from ..data import Split, Task, TaskStream
 from ..extension import ExtensionPolicy, ModeCenterRule, NeverExtend
 from ..index import TruncatedHammingIndex
-from ..losses import LossWeights, anchor_loss, center_loss, label_similarity, pbeh_loss, stored_code_loss
+from ..losses import LossWeights
 from ..metrics import ContinualMatrix
 from ..model import CrossModalHashModel
 from ..prototypes import ClassPrototypes
@@ -53,18 +54,10 @@ from ._arrays import _tensor
 from .checkpoints import ResumeMismatchError, TrainerCheckpoints, _latest_state_dir, resume_differences
 from .config import TrainerConfig
 from .ddp import wrap_for_training
-from .distributed import (
-    DistributedContext,
-    DistributedMinibatchSampler,
-    MinibatchShare,
-    all_gather_objects,
-    all_gather_rows,
-    barrier,
-    broadcast_object,
-    shard_bounds,
-)
+from .distributed import DistributedMinibatchSampler, all_gather_objects, barrier, broadcast_object
 from .distributed import current as current_distributed
 from .evaluation import TrainerEvaluation
+from .objective import TrainerObjective
 from .report import TaskReport, _json_safe, _StoredTask
 
 __all__ = ["ContinualTrainer"]
@@ -72,7 +65,7 @@ __all__ = ["ContinualTrainer"]
 _logger = logging.getLogger(__name__)
 
 
-class ContinualTrainer(TrainerEvaluation, TrainerCheckpoints):
+class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
     """Learns codes task after task: composes a model (prompt pool + extensible hasher), two
     :class:`~pbeh.index.TruncatedHammingIndex` (image and text databases), the PBEH loss terms and an extension policy.
 
@@ -487,28 +480,6 @@ class ContinualTrainer(TrainerEvaluation, TrainerCheckpoints):
         return ev
 
     # ------------------------------------------------------------------ training
-    def _optimizer(self, t: int) -> torch.optim.Optimizer:
-        """AdamW rebuilt for every task (and so after every extension): heads slower from the second task on."""
-        cfg = self.config
-        slow = cfg.lr * (cfg.later_task_head_lr_scale if t > 0 else 1.0)
-        groups = []
-        heads = [p for p in self.model.head_parameters() if p.requires_grad]
-        maps = [p for p in self.model.projection_parameters() if p.requires_grad]
-        prompts = [p for p in self.model.prompt_parameters(t) if p.requires_grad]
-        seen: set[int] = set()
-        rest = [p for p in self.model.parameters() if p.requires_grad and not any(p is q for q in (*prompts, *heads))]
-        # Anything trainable the model did not classify (e.g. attention inside the pool) trains with the heads.
-        for params, lr in ((prompts, cfg.lr), (heads, slow), (maps, slow), (rest, slow)):
-            unique = [p for p in params if id(p) not in seen]
-            seen.update(id(p) for p in unique)
-            by_lr: dict[float, list[torch.nn.Parameter]] = {}
-            for param in unique:
-                by_lr.setdefault(lr * _fan_in_scale(param, cfg.lr_fan_in), []).append(param)
-            groups += [{"params": ps, "lr": value} for value, ps in by_lr.items()]
-        if not groups:
-            raise RuntimeError("model: nothing to train (every parameter is frozen)")
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
     def _train_task(
         self, t: int, train: Split, validation: Split | None, task: Task
     ) -> tuple[int, float | None, float, dict[str, float], list[dict[str, float]]]:
@@ -602,158 +573,6 @@ class ContinualTrainer(TrainerEvaluation, TrainerCheckpoints):
         self.model.eval()
         return best_epoch, best_score, last_loss, last_terms, history
 
-    def _loss(
-        self,
-        image: torch.Tensor,
-        text: torch.Tensor,
-        labels: torch.Tensor,
-        t: int,
-        stored_anchors: list[torch.Tensor],
-        stored_targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = (),  # type: ignore[assignment]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        w = self.loss_weights
-        h_image, z_image = self.model(image, "image", return_z=True)
-        h_text, z_text = self.model(text, "text", return_z=True)
-        cross_image = cross_text = None
-        if w.distill > 0:
-            cross_image = (h_image, self.model.hash_from_z(z_image, "text"))
-            cross_text = (h_text, self.model.hash_from_z(z_text, "image"))
-        anchor_current = [self.model.anchor_codes(s) for s in range(len(stored_anchors))]
-        return self._loss_from_outputs(
-            h_image, h_text, labels, cross_image, cross_text, stored_anchors, anchor_current, stored_targets
-        )
-
-    def _loss_from_outputs(
-        self,
-        h_image: torch.Tensor,
-        h_text: torch.Tensor,
-        labels: torch.Tensor,
-        cross_image: tuple[torch.Tensor, torch.Tensor] | None,
-        cross_text: tuple[torch.Tensor, torch.Tensor] | None,
-        stored_anchors: Sequence[torch.Tensor],
-        anchor_current: Sequence[torch.Tensor],
-        stored_targets: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The PBEH objective plus the stored-code term, from the batch's outputs."""
-        w = self.loss_weights
-        total, terms = pbeh_loss(
-            h_image,
-            h_text,
-            labels,
-            weights=w,
-            cross_image=cross_image,
-            cross_text=cross_text,
-            anchor_stored=stored_anchors,
-            anchor_current=anchor_current,
-            straight_through=self.config.straight_through,
-            temperature=self.config.temperature,
-            similarity_target=self.config.similarity_target,
-            binary_similarity_normalize=self.config.binary_similarity_normalize,
-        )
-        if stored_targets:
-            term = h_image.new_zeros(())
-            for image_codes, text_codes, stored_labels in stored_targets:
-                S = label_similarity(labels, stored_labels, kind=self.config.similarity_target)
-                # cross-modal, as retrieval compares: image outputs vs stored text codes, and vice versa
-                term = term + stored_code_loss(h_image, text_codes, S) + stored_code_loss(h_text, image_codes, S)
-            total = total + w.stored_codes * term
-            terms["stored_codes"] = float(term.detach())
-        if w.class_centers > 0 and self._center_table is not None:
-            targets = torch.sign((labels != 0).to(self._center_table.dtype) @ self._center_table)
-            term = center_loss(h_image, targets) + center_loss(h_text, targets)
-            total = total + w.class_centers * term
-            terms["class_centers"] = float(term.detach())
-        return total, terms
-
-    def _prepare_centers(self, task: Task) -> None:
-        """Give the task's new classes their centres (the table follows the code length) before it trains."""
-        n_classes = task.train.labels.shape[1]
-        if self._centers is None:
-            self._centers = ClassCenters(n_classes, self.model.n_bits, seed=self.config.seed)
-            for stored in self._stored:  # a state saved before centres existed: the earlier tasks' classes first
-                self._centers.assign(np.flatnonzero(np.asarray(stored.labels).any(axis=0)))
-        if self._centers.n_bits < self.model.n_bits:
-            self._centers.extend(self.model.n_bits - self._centers.n_bits)
-        self._centers.assign(np.flatnonzero(np.asarray(task.train.labels).any(axis=0)))
-        table = self._centers.centers * self._centers.assigned[:, None]
-        self._center_table = torch.as_tensor(table, dtype=torch.float32, device=self.device)
-
-    def _distributed_step(
-        self,
-        step_module: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        ctx: DistributedContext,
-        share: MinibatchShare,
-        features: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        pseudo: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
-        stored_anchors: list[torch.Tensor],
-        stored_targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """One optimiser step of one rank under DDP; returns the global batch's loss (the same on every rank).
-
-        The rank runs the model on its share of the batch (and of the replayed pseudo items), gathers every rank's
-        outputs in one process's batch order with the gradient kept on its own rows (:func:`all_gather_rows`), and
-        evaluates the whole objective on the global batch, so the pairwise and contrastive terms see every pair.
-        Each rank's backward then yields its part of the global gradient. DDP averages the ranks' gradients, so the
-        batch terms are backpropagated ``world_size`` times over (the sum of the parts is the gradient) while the
-        prompt-hash anchor term, which every rank computes whole, is backpropagated once.
-        """
-        image, text, labels = features
-        device = image.device
-        local = share.local.to(device)
-        indices = share.indices.to(device)
-        local_image, local_text, global_labels = image[local], text[local], labels[indices]
-        counts = [list(share.counts)]
-        if pseudo is not None:
-            p_image, p_text, p_labels = (_tensor(part, device) for part in pseudo)
-            bounds = shard_bounds(len(p_image), ctx.world_size)
-            first, last = bounds[ctx.rank]
-            local_image = torch.cat([local_image, p_image[first:last]])
-            local_text = torch.cat([local_text, p_text[first:last]])
-            global_labels = torch.cat([global_labels, p_labels])
-            counts.append([stop - begin for begin, stop in bounds])
-        w = self.loss_weights
-        outputs, anchor_current = step_module(local_image, local_text, len(stored_anchors), w.distill > 0)
-        widths = [part.shape[1] for part in outputs]
-        gathered = all_gather_rows(torch.cat(outputs, dim=1), counts, ctx).split(widths, dim=1)
-        h_image, h_text = gathered[0], gathered[1]
-        cross_image = (h_image, gathered[2]) if w.distill > 0 else None
-        cross_text = (h_text, gathered[3]) if w.distill > 0 else None
-        batch_loss, terms = self._loss_from_outputs(
-            h_image, h_text, global_labels, cross_image, cross_text, [], [], stored_targets
-        )
-        total, to_backward = batch_loss, batch_loss * ctx.world_size
-        if stored_anchors:
-            anchor = anchor_loss(stored_anchors, anchor_current)
-            total = total + w.anchor * anchor
-            to_backward = to_backward + w.anchor * anchor
-            terms["anchor"] = float(anchor.detach())
-        optimizer.zero_grad(set_to_none=True)
-        to_backward.backward()
-        optimizer.step()
-        return total.detach(), terms
-
-    def _stored_targets(self, t: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """±1 stored image and text codes (at their own lengths) and labels of a seeded sample of each earlier
-        task's database, for the stored-code term."""
-        out = []
-        rng = np.random.default_rng(self.config.seed * 7919 + t)
-        for stored in self._stored[:t]:
-            ids = stored.ids
-            rows = np.arange(len(ids))
-            if len(ids) > self.config.stored_codes_per_task:
-                rows = np.sort(rng.choice(len(ids), self.config.stored_codes_per_task, replace=False))
-            image_codes = self.image_index.get_codes(ids[rows]).to_signs()
-            text_codes = self.text_index.get_codes(ids[rows]).to_signs()
-            out.append(
-                (
-                    _tensor(image_codes, self.device),
-                    _tensor(text_codes, self.device),
-                    _tensor(stored.labels[rows], self.device),
-                )
-            )
-        return out
-
     # ------------------------------------------------------------------ bookkeeping and checks
     def _grow_matrix(self, n_tasks: int) -> None:
         if self.matrix.n_tasks >= n_tasks:
@@ -839,16 +658,3 @@ class ContinualTrainer(TrainerEvaluation, TrainerCheckpoints):
             out[f"bwt_{direction}"] = self.matrix.bwt(direction)
             out[f"forgetting_{direction}"] = self.matrix.forgetting(direction)
         return _json_safe(out)
-
-
-def _fan_in_scale(param: torch.Tensor, reference: int | None) -> float:
-    """``reference / fan_in`` for a weight matrix wider than ``reference`` inputs, else 1.
-
-    AdamW moves every weight by about ``lr`` per step whatever its gradient's size, so a unit's input moves by about
-    ``lr * |x|_1``, which grows with the fan-in. On 1024-d features (MIRFLICKR730) at lr 1e-3 one step moved every
-    hidden unit by more than its spread across items, the same way for all items: after a few steps the ReLUs were on or
-    off for every item alike and each task's codes collapsed to one or two codes.
-    """
-    if reference is None or param.ndim != 2 or param.shape[1] <= reference:
-        return 1.0
-    return reference / param.shape[1]
