@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .data import TaskStream
@@ -54,12 +54,15 @@ def build_trainer(
     delta: int = 1,
     seed: int = 2025,
     extension_policy: ExtensionPolicy | None = None,
+    loss_weight_overrides: Mapping[str, float] | None = None,
     **trainer_kwargs: Any,
 ) -> ContinualTrainer:
     """A trainer configured as ``method`` (one of :data:`METHODS`) for ``stream``'s feature widths.
 
     ``extension_policy`` replaces the mode-centre rule (built from ``rho`` and ``delta``) of the methods that extend
     (``"pbeh"`` and its ``"pbeh-..."`` variants); the methods that never extend refuse it.
+    ``loss_weight_overrides`` replaces named weights of the method's :class:`~pbeh.losses.LossWeights` (for example
+    ``{"class_centers": 30.0}``); an unknown name is an error.
     """
     if extension_policy is not None and not isinstance(extension_policy, ExtensionPolicy):
         raise ValueError(
@@ -111,6 +114,13 @@ def build_trainer(
         policy = NeverExtend()
     else:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    if loss_weight_overrides:
+        if not isinstance(loss_weight_overrides, Mapping):
+            raise TypeError(
+                f"loss_weight_overrides: expected a mapping of weight names to numbers, got "
+                f"{type(loss_weight_overrides).__name__}"
+            )
+        weights = LossWeights.from_dict({**weights.to_dict(), **loss_weight_overrides})
     if extension_policy is not None:
         if isinstance(policy, NeverExtend):
             raise ValueError(f"extension_policy: method {method!r} never extends, so it takes no extension policy")

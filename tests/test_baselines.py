@@ -14,6 +14,7 @@ from test_trainer import SUMMARY_KEYS as TRAINER_SUMMARY_KEYS
 from pbeh.baselines import METHODS, build_trainer, run_method
 from pbeh.data import TaskStream, synthetic_stream
 from pbeh.extension import CollisionRule, ModeCenterRule, NeverExtend
+from pbeh.losses import LossWeights
 from pbeh.trainer import ContinualTrainer, TrainerConfig
 
 N_BITS = 8
@@ -113,6 +114,8 @@ def test_build_trainer_configures_each_method(stream, tmp_path):
     finetune = build_trainer("finetune", stream, **common)
     assert finetune.loss_weights.anchor == 0.0
     assert finetune.loss_weights.stored_codes == 0.0
+    assert finetune.loss_weights.class_centers == 0.0
+    assert build_trainer("pbeh-no-centers", stream, **common).loss_weights == LossWeights.pbeh(class_centers=0.0)
     # otherwise the same recipe as pbeh, so the comparison isolates prompts, anchor and stored codes
     assert finetune.loss_weights.contrastive == build_trainer("pbeh", stream, **common).loss_weights.contrastive
     assert not finetune.model.use_prompts
@@ -127,6 +130,19 @@ def test_build_trainer_takes_an_extension_policy(stream):
         build_trainer("fixed-length", stream, extension_policy=rule, **common)
     with pytest.raises(ValueError, match="extension_policy: expected an ExtensionPolicy or None, got str"):
         build_trainer("pbeh", stream, extension_policy="collision", **common)
+
+
+def test_build_trainer_overrides_named_loss_weights(stream):
+    common = {"n_bits": N_BITS, "hidden_dims": (16,), "config": make_config(epochs=3)}
+    pbeh = build_trainer("pbeh", stream, loss_weight_overrides={"class_centers": 7.0}, **common)
+    assert pbeh.loss_weights == LossWeights.pbeh(class_centers=7.0)
+    finetune = build_trainer("finetune", stream, loss_weight_overrides={"stored_codes": 2.0}, **common)
+    assert finetune.loss_weights.stored_codes == 2.0
+    assert finetune.loss_weights.anchor == 0.0  # the method's other choices stay
+    with pytest.raises(ValueError, match=r"unknown loss weight\(s\) \['centres'\]"):
+        build_trainer("pbeh", stream, loss_weight_overrides={"centres": 1.0}, **common)
+    with pytest.raises(TypeError, match="loss_weight_overrides: expected a mapping"):
+        build_trainer("pbeh", stream, loss_weight_overrides=[("class_centers", 1.0)], **common)
 
 
 def test_finetune_codes_ignore_the_prompts(results, stream):

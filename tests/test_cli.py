@@ -84,6 +84,17 @@ def test_train_prints_each_extension_decision_once_and_no_temporary_paths(run_di
     assert "AVX" not in err
 
 
+def test_loss_weight_options_reach_the_trainer(tmp_path):
+    out = tmp_path / "run"
+    argv = [*TRAIN, "--quiet", "--out", str(out), "--class-centers", "0", "--stored-codes", "5"]
+    assert main(argv) == 0
+    weights = read_json(out / "latest.json")
+    state = read_json(out / weights["directory"] / "trainer.json")["loss_weights"]
+    assert state["class_centers"] == 0.0
+    assert state["stored_codes"] == 5.0
+    assert state["contrastive"] == 10.0  # the rest stays the method's
+
+
 def test_extension_rule_option_reaches_the_trainer(tmp_path, capsys):
     out = tmp_path / "ties"
     args = [*TRAIN, "--quiet", "--out", str(out), "--extension-rule", "ties", "--rho", "0.0", "--delta", "3"]
@@ -240,6 +251,10 @@ def test_ctrl_c_says_how_to_resume(tmp_path, capsys, monkeypatch):
         (["describe", "{tmp}/missing"], r"run: expected a run directory written by 'pbeh train'"),
         ([*TRAIN, "--out", "{tmp}/r", "--epochs", "0"], r"training options: epochs: expected a positive int, got 0"),
         ([*TRAIN, "--out", "{tmp}/r", "--threads", "0"], r"--threads: expected a positive number of threads, got 0"),
+        (
+            [*TRAIN, "--out", "{tmp}/r", "--class-centers", "-1"],
+            r"class_centers: expected a finite weight >= 0, got -1",
+        ),
     ],
 )
 def test_user_errors_are_one_clear_line(tmp_path, capsys, args, message):

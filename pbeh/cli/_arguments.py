@@ -45,6 +45,13 @@ def method_names() -> tuple[str, ...]:
     return tuple(METHODS)
 
 
+def loss_weight_default(name: str) -> float:
+    """A weight of pbeh's default :meth:`~pbeh.losses.LossWeights.pbeh`."""
+    from ..losses import LossWeights
+
+    return float(getattr(LossWeights.pbeh(), name))
+
+
 def build_trainer_default(name: str) -> Any:
     """The default of a :func:`~pbeh.baselines.build_trainer` parameter."""
     from ..baselines import build_trainer
@@ -168,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="pseudo items of earlier tasks' classes (drawn from per-class feature means and spreads) added to every "
         "minibatch from the second task on, so old queries keep meeting their stored codes; 0 switches it off "
         "(default: %(default)s)",
+    )
+    train.add_argument(
+        "--class-centers",
+        type=float,
+        default=None,
+        metavar="WEIGHT",
+        help="weight of the class-centre term (every class gets a fixed target code when it first arrives and both "
+        "modalities are pulled toward it, so every task places its classes in one shared layout); 0 switches it "
+        f"off (default: the method's, {loss_weight_default('class_centers'):g} for pbeh)",
+    )
+    train.add_argument(
+        "--stored-codes",
+        type=float,
+        default=None,
+        metavar="WEIGHT",
+        help="weight of the stored-code term (new outputs against earlier tasks' stored codes); 0 switches it off "
+        f"(default: the method's, {loss_weight_default('stored_codes'):g} for pbeh)",
     )
     train.add_argument(
         "--prototype-noise",

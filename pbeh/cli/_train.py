@@ -97,6 +97,11 @@ def train_in_process(args: argparse.Namespace, progress: dict[str, bool], ctx: A
         delta=args.delta,
         seed=args.seed,
         extension_policy=extension_rule(args),
+        loss_weight_overrides={
+            name: value
+            for name, value in (("class_centers", args.class_centers), ("stored_codes", args.stored_codes))
+            if value is not None
+        },
         checkpoint_dir=args.out,
         keep_task_checkpoints=args.keep_task_checkpoints,
         callbacks=[on_task],
