@@ -265,6 +265,48 @@ def test_loading_in_small_blocks_equals_the_plain_reader(tmp_path: Path, monkeyp
     same_results(index.search(query, 50), loaded.search(query, 50))
 
 
+@pytest.mark.parametrize("own_bytes", [1, 700, 1 << 40])
+def test_loaded_arrays_share_one_allocation_below_the_threshold_and_never_overlap(
+    tmp_path: Path, monkeypatch, own_bytes
+):
+    # Arrays under _OWN_ALLOCATION_BYTES are views of one shared allocation, larger ones own theirs (own_bytes: every
+    # array alone / a mix / all shared). Whatever the split, no two arrays may overlap, the values must equal the
+    # plain reader's, and changing one segment after loading must leave the others' codes untouched.
+    from pbeh.index import _files
+    from pbeh.serialization import load_safetensors
+
+    monkeypatch.setattr(_files, "_OWN_ALLOCATION_BYTES", own_bytes)
+    rng = np.random.default_rng(own_bytes % 1000)
+    index = TruncatedHammingIndex(backend=SMALL_CHUNKS)
+    for n_bits in (7, 32, 48, 64, 130):
+        index.add(random_codes(rng, int(rng.integers(1, 400)), n_bits))
+    path = tmp_path / "i.safetensors"
+    index.save(path, checksum="sha256")
+    loaded = TruncatedHammingIndex.load(path, backend=SMALL_CHUNKS)
+    arrays = [a for seg in loaded._segments.values() for run in seg.runs for a in (*run.chunks, run.ids)]
+    for i, a in enumerate(arrays):
+        assert not any(np.shares_memory(a, b) for b in arrays[i + 1 :])
+        assert a.ctypes.data % 8 == 0
+    small = [a for a in arrays if a.nbytes < own_bytes]
+    assert len({id(a.base) for a in small}) <= 1  # all views of the one shared allocation
+    assert all(a.base is None or a.base.nbytes == a.nbytes for a in arrays if a.nbytes >= own_bytes)
+    reference, _ = load_safetensors(path, kind="index", format_version=1)
+    for n_bits, _ in index.segments:
+        ids = reference[f"ids.{n_bits}"]
+        np.testing.assert_array_equal(loaded.get_ids(n_bits=n_bits), ids)
+        np.testing.assert_array_equal(loaded.get_codes(ids).packed, reference[f"codes.{n_bits}"])
+    changed = loaded.get_ids(n_bits=48)
+    loaded.remove(changed[::2])
+    loaded.add(random_codes(rng, 50, 48))
+    loaded.add(random_codes(rng, 50, 64))
+    for n_bits in (7, 32, 130):
+        ids = reference[f"ids.{n_bits}"]
+        np.testing.assert_array_equal(loaded.get_codes(ids).packed, reference[f"codes.{n_bits}"])
+    np.testing.assert_array_equal(loaded.get_codes(changed[1::2]).packed, reference["codes.48"][1::2])
+    ids64 = reference["ids.64"]
+    np.testing.assert_array_equal(loaded.get_codes(ids64).packed, reference["codes.64"])
+
+
 @pytest.mark.parametrize(
     "ids", [[0, 1, 2, 3, 2, 5], [0, 1, 2, 2, 4, 5], [0, 1, 2, 1, 4, 5], [-1, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 4]]
 )
