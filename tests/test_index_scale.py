@@ -6,6 +6,7 @@ reports its allocations there), never time.
 
 from __future__ import annotations
 
+import itertools
 import json
 import struct
 import tracemalloc
@@ -208,6 +209,41 @@ def test_streamed_save_writes_the_bytes_of_the_in_memory_writer(tmp_path: Path):
         tensors[f"ids.{n_bits}"] = ids
     save_safetensors(tmp_path / "memory.safetensors", tensors, kind="index", format_version=1, metadata=index._header())
     assert (tmp_path / "streamed.safetensors").read_bytes() == (tmp_path / "memory.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("platform_has_it", [True, False])
+def test_writeback_hints_cover_the_file_and_change_no_byte(tmp_path: Path, monkeypatch, platform_has_it):
+    # A streamed save asks the kernel to start writing every _WRITEBACK_BYTES; with a tiny step every block is hinted.
+    # The hints must tile the data written after the header, in order, and the file must be byte for byte the one
+    # the in-memory writer gives (also where the platform has no sync_file_range).
+    from pbeh import serialization
+
+    calls: list[tuple[int, int]] = []
+    real = serialization._start_writeback
+
+    def spy(fd: int, start: int, stop: int) -> None:
+        calls.append((start, stop))
+        real(fd, start, stop)
+
+    monkeypatch.setattr(serialization, "_WRITEBACK_BYTES", 1)
+    monkeypatch.setattr(serialization, "_start_writeback", spy)
+    if not platform_has_it:
+        monkeypatch.setattr(serialization, "_sync_file_range", False)
+    index = _mixed_index(np.random.default_rng(11))
+    index.save(tmp_path / "streamed.safetensors", checksum="sha256")
+    tensors = {}
+    for n_bits, _ in index.segments:
+        ids = index.get_ids(n_bits=n_bits)
+        tensors[f"codes.{n_bits}"] = index.get_codes(ids).packed
+        tensors[f"ids.{n_bits}"] = ids
+    save_safetensors(tmp_path / "memory.safetensors", tensors, kind="index", format_version=1, metadata=index._header())
+    data = (tmp_path / "memory.safetensors").read_bytes()
+    assert (tmp_path / "streamed.safetensors").read_bytes() == data
+    (header_bytes,) = struct.unpack("<Q", data[:8])
+    assert calls
+    assert calls[0][0] == 8 + header_bytes
+    assert calls[-1][1] == len(data)
+    assert all(a[1] == b[0] and a[0] < a[1] for a, b in itertools.pairwise(calls))
 
 
 @pytest.mark.parametrize("n_bits", [1, 3, 8, 12, 17, 24, 28, 33, 40, 41, 48, 56, 57, 64, 72, 130, 160, 260, 520])
