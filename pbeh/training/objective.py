@@ -47,7 +47,6 @@ class TrainerObjective:
     text_index: TruncatedHammingIndex
     _stored: list[_StoredTask]
     _centers: ClassCenters | None
-    _center_table: torch.Tensor | None
     device: torch.device  # the trainer's property
 
     # ------------------------------------------------------------------ per task, before the epochs
@@ -83,8 +82,6 @@ class TrainerObjective:
         if self._centers.n_bits < self.model.n_bits:
             self._centers.extend(self.model.n_bits - self._centers.n_bits)
         self._centers.assign(np.flatnonzero(np.asarray(task.train.labels).any(axis=0)))
-        table = self._centers.centers * self._centers.assigned[:, None]
-        self._center_table = torch.as_tensor(table, dtype=torch.float32, device=self.device)
 
     def _stored_targets(self, t: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """±1 stored image and text codes (at their own lengths) and labels of a seeded sample of each earlier
@@ -164,8 +161,8 @@ class TrainerObjective:
                 term = term + stored_code_loss(h_image, text_codes, S) + stored_code_loss(h_text, image_codes, S)
             total = total + w.stored_codes * term
             terms["stored_codes"] = float(term.detach())
-        if w.class_centers > 0 and self._center_table is not None:
-            targets = torch.sign((labels != 0).to(self._center_table.dtype) @ self._center_table)
+        if w.class_centers > 0 and self._centers is not None:
+            targets = torch.as_tensor(self._centers.targets(labels.detach().cpu().numpy()), device=h_image.device)
             term = center_loss(h_image, targets) + center_loss(h_text, targets)
             total = total + w.class_centers * term
             terms["class_centers"] = float(term.detach())

@@ -135,7 +135,6 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
         self._anchors: list[torch.Tensor] = []
         self._prototypes: list[ClassPrototypes] = []
         self._centers: ClassCenters | None = None
-        self._center_table: torch.Tensor | None = None  # the centres as a (n_classes, K) tensor, for the loss
         self._pending_extension = 0
 
     # ------------------------------------------------------------------ construction
@@ -244,7 +243,7 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
 
     _ROLLBACK_FIELDS = (
         "model", "image_index", "text_index", "matrix", "reports", "_stored", "_seen", "_anchors", "_prototypes",
-        "_centers", "_center_table", "_pending_extension",
+        "_centers", "_pending_extension",
     )  # fmt: skip
 
     def _snapshot(self) -> dict[str, Any]:
