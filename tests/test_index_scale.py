@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from test_index import P, brute_force, check_against_reference, random_codes, tie_heavy_codes
 
 from pbeh.codes import Codes
-from pbeh.index import SCORE_POLICIES, FlatBackend, IVFBackend, TruncatedHammingIndex
+from pbeh.index import SCORE_POLICIES, FlatBackend, IVFBackend, TruncatedHammingIndex, score_distances
 from pbeh.serialization import FormatError, save_safetensors, save_safetensors_streaming
 
 SMALL_CHUNKS = FlatBackend(chunk_bytes=1024)  # 128 rows of 8 bytes: many chunks with few codes
@@ -523,6 +523,40 @@ def test_ivf_visiting_every_list_equals_the_flat_index():
     approx = ivf.search(queries, 15, nprobe=1)
     assert np.isin(approx.ids[approx.ids >= 0], flat.get_ids()).all()
     assert (np.diff(approx.scores, axis=1)[np.isfinite(approx.scores[:, 1:])] <= 0).all()
+
+
+def test_merge_with_missing_ivf_candidates_equals_a_plain_merge_of_the_segment_answers():
+    """An IVF segment visiting one of many lists returns fewer than k items (id -1); the cross-length merge must rank
+    the real candidates of every segment exactly like a plain per-query sort by (score descending, id ascending)."""
+    rng = np.random.default_rng(13)
+    index = TruncatedHammingIndex(backend=IVFBackend(nlist=32, min_size=100, nprobe=1))
+    index.add(_clustered(np.random.default_rng(5), 300), ids=np.random.default_rng(6).permutation(10_000)[:300])
+    index.add(random_codes(np.random.default_rng(7), 40, 32))  # flat: under min_size
+    index.add(random_codes(np.random.default_rng(8), 30, 48))
+    queries = _clustered(rng, 6)
+    k = 120  # more than the two flat segments hold: the rows end with fill values
+    for score in SCORE_POLICIES:
+        result = index.search(queries, k, score=score)
+        assert (result.ids == -1).any()  # the IVF segment returned fewer than k items
+        for i in range(len(queries)):
+            candidates = []
+            for n_bits, seg in index._segments.items():
+                dist, ids = seg.search(queries[i : i + 1].truncate(n_bits).packed, n_bits, k, nprobe=1)
+                for d, id_ in zip(dist[0].tolist(), ids[0].tolist(), strict=True):
+                    if id_ >= 0:
+                        value = float(score_distances([d], [n_bits], score, flip_probability=0.2)[0])
+                        candidates.append((-value, id_, d, n_bits))
+            candidates.sort()
+            candidates = candidates[:k]
+            width = len(candidates)
+            assert result.ids[i, :width].tolist() == [c[1] for c in candidates]
+            assert result.distances[i, :width].tolist() == [c[2] for c in candidates]
+            assert result.scores[i, :width].tolist() == [-c[0] for c in candidates]
+            assert result.n_bits_compared[i, :width].tolist() == [c[3] for c in candidates]
+            assert (result.ids[i, width:] == -1).all()
+            assert (result.distances[i, width:] == -1).all()
+            assert (result.scores[i, width:] == -np.inf).all()
+            assert (result.n_bits_compared[i, width:] == 0).all()
 
 
 def test_ivf_index_saves_the_same_file_and_loads_into_any_backend(tmp_path: Path):

@@ -14,7 +14,7 @@ from .._validation import check_bool, check_choice, check_codes, check_in_interv
 from ..codes import Codes
 from . import _files
 from ._backends import Backend, resolve_backend
-from ._flat import TruncationCache
+from ._flat import TruncationCache, truncate_padded
 from ._scoring import (
     FILL_DISTANCE,
     FILL_ID,
@@ -89,7 +89,7 @@ class TruncatedHammingIndex:
         self._backend = resolve_backend(backend)
         self._cache = TruncationCache(check_int(cache_bytes, "cache_bytes", minimum=0))
         self._segments: dict[int, Any] = self._backend.open_segments(self._cache)
-        self._tables: dict[tuple[str, tuple[int, ...]], tuple[list, list]] = {}
+        self._tables: dict[tuple[str, tuple[int, ...]], tuple[list, list, tuple]] = {}
         self._next_id = max((int(seg.ids()[-1]) + 1 for seg in self._segments.values() if len(seg)), default=0)
 
     # ------------------------------------------------------------------ info
@@ -321,8 +321,8 @@ class TruncatedHammingIndex:
             # One segment holding at least k codes: its (distance, id) order is the answer (no merge, no fill).
             seg = segments[0]
             compared = min(query_codes.n_bits, seg.n_bits)
-            (table,), _ = self._score_tables(policy, (compared,))
-            packed = query_codes.packed if compared == query_codes.n_bits else query_codes.truncate(compared).packed
+            (table,), _, _ = self._score_tables(policy, (compared,))
+            packed = _truncated_queries(query_codes, compared)
             with _faiss.omp_threads(self._threads):
                 dist, found = seg.search(packed, compared, k, nprobe=nprobe)
             if found.shape[1] == k and found.min() >= 0:
@@ -335,26 +335,26 @@ class TruncatedHammingIndex:
             return SearchResult(ids, distances, scores, n_compared, policy)
 
         compared_lengths = tuple(min(query_codes.n_bits, seg.n_bits) for seg in segments)
-        tables, ranks = self._score_tables(policy, compared_lengths)
+        tables, ranks, merged = self._score_tables(policy, compared_lengths)
         plan = list(zip(segments, compared_lengths, tables, strict=True))
         n_candidates = sum(min(k, len(seg)) for seg, _, _ in plan)
         width = min(k, n_candidates)
         step = max(1, _CANDIDATES_PER_BLOCK // n_candidates)  # bounds the merge's memory for many queries
-        truncated = {
-            compared: query_codes.packed if compared == query_codes.n_bits else query_codes.truncate(compared).packed
-            for compared in set(compared_lengths)
-        }
+        truncated = {compared: _truncated_queries(query_codes, compared) for compared in set(compared_lengths)}
         with _faiss.omp_threads(self._threads):
             for start in range(0, nq, step):
                 rows = slice(start, min(nq, start + step))
                 views = (ids[rows, :width], distances[rows, :width], scores[rows, :width], n_compared[rows, :width])
                 block = {compared: packed[rows] for compared, packed in truncated.items()}
-                self._search_block(block, k, plan, ranks, views, nprobe)
+                self._search_block(block, k, plan, ranks, merged, views, nprobe)
         return SearchResult(ids, distances, scores, n_compared, policy)
 
-    def _score_tables(self, policy: str, compared_lengths: tuple[int, ...]) -> tuple[list, list]:
+    def _score_tables(self, policy: str, compared_lengths: tuple[int, ...]) -> tuple[list, list, tuple]:
         """Per segment, the score of every possible distance 0..L (a lookup table); over all tables, the integer rank
-        of every score (0 = best, equal scores share a rank) for the merge. Cached per (policy, lengths)."""
+        of every score (0 = best, equal scores share a rank) for the merge; and the rank and score tables of all
+        segments end to end with the offset where each segment's start (one lookup over all candidates in the
+        merge), and a dict for the merge's per-column copies of the offsets and lengths. Cached per (policy,
+        lengths)."""
         key = (policy, compared_lengths)
         cached = self._tables.get(key)
         if cached is None:
@@ -362,9 +362,11 @@ class TruncatedHammingIndex:
             tables = [score_distances(np.arange(n + 1), n, policy, flip_probability=p) for n in compared_lengths]
             values = np.unique(np.concatenate(tables))
             ranks = [len(values) - 1 - np.searchsorted(values, table) for table in tables]
+            offsets = np.concatenate([[0], np.cumsum([len(table) for table in tables])[:-1]]).astype(np.int64)
+            merged = (np.concatenate(ranks), np.concatenate(tables), offsets, {})  # {}: per-column copies by widths
             if len(self._tables) >= 64:
                 self._tables.clear()
-            cached = self._tables[key] = (tables, ranks)
+            cached = self._tables[key] = (tables, ranks, merged)
         return cached
 
     def _search_block(
@@ -373,6 +375,7 @@ class TruncatedHammingIndex:
         k: int,
         plan: list[tuple[Any, int, np.ndarray]],
         ranks: list[np.ndarray],
+        merged: tuple[np.ndarray, np.ndarray, np.ndarray, dict],
         views: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
         nprobe: int | None,
     ) -> None:
@@ -391,32 +394,42 @@ class TruncatedHammingIndex:
             return
 
         # Merge: sort every candidate by (score rank, id). One int64 key rank * (max id + 2) + id + 1 sorts about 8x
-        # faster than a two-key lexsort; missing candidates (id -1, from approximate segments) sort last.
+        # faster than a two-key lexsort; missing candidates (id -1, from approximate segments) sort last. The score
+        # and rank tables of all segments are concatenated (segment i's entry for distance d at offsets[i] + d), so
+        # each lookup below is one indexing operation over all candidates instead of one per segment.
         all_ids = np.concatenate([part_ids for _, part_ids in parts], axis=1)
-        valid = all_ids >= 0
         all_dist = np.concatenate([dist for dist, _ in parts], axis=1)
-        worst = len(ranks[0]) + sum(len(r) for r in ranks)
-        all_rank = np.concatenate(
-            [rank[np.where(part_ids >= 0, dist, 0)] for rank, (dist, part_ids) in zip(ranks, parts, strict=True)],
-            axis=1,
-        )
-        all_rank = np.where(valid, all_rank, worst)
-        all_part = np.concatenate([np.full(d.shape, i, dtype=np.int16) for i, (d, _) in enumerate(parts)], axis=1)
+        all_rank_table, all_score_table, offsets, columns_by_widths = merged
+        widths = tuple(part_ids.shape[1] for _, part_ids in parts)
+        columns = columns_by_widths.get(widths)
+        if columns is None:  # per candidate column: where its segment's tables start, and its compared bits
+            compared_of_part = np.array([compared for _, compared, _ in plan], dtype=np.int32)
+            columns = columns_by_widths[widths] = (np.repeat(offsets, widths), np.repeat(compared_of_part, widths))
+        column_offset, compared_of_column = columns
+        all_valid = int(all_ids.min()) >= 0
+        worst = len(ranks[0]) + len(all_rank_table)  # worse than every rank
+        if all_valid:
+            all_rank = all_rank_table[all_dist + column_offset]
+        else:
+            valid = all_ids >= 0
+            all_rank = np.where(valid, all_rank_table[np.where(valid, all_dist, 0) + column_offset], worst)
         width = ids.shape[1]
         id_span = int(all_ids.max()) + 2
         if (worst + 1) * id_span <= INT64_MAX:
             order = np.argsort(all_rank * id_span + all_ids + 1, axis=1)[:, :width]
         else:  # ids too large to pack with the rank: two-key sort
             order = np.lexsort((all_ids, all_rank), axis=-1)[:, :width]
-        ids[...] = np.take_along_axis(all_ids, order, axis=1)
-        distances[...] = np.take_along_axis(all_dist, order, axis=1)
-        part = np.take_along_axis(all_part, order, axis=1)
-        for i, (_, compared, table) in enumerate(plan):
-            mask = (part == i) & (ids >= 0)
-            n_compared[mask] = compared
-            scores[mask] = table[distances[mask]]
+        rows = np.arange(order.shape[0])[:, None]
+        ids[...] = all_ids[rows, order]
+        distances[...] = all_dist[rows, order]
+        if all_valid:
+            scores[...] = all_score_table[distances + column_offset[order]]
+            n_compared[...] = compared_of_column[order]
+            return
         gone = ids < 0
-        distances[gone], scores[gone], n_compared[gone] = FILL_DISTANCE, FILL_SCORE, FILL_N_BITS
+        scores[...] = np.where(gone, FILL_SCORE, all_score_table[np.where(gone, 0, distances) + column_offset[order]])
+        n_compared[...] = np.where(gone, FILL_N_BITS, compared_of_column[order])
+        distances[gone] = FILL_DISTANCE
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike[str], *, checksum: str = "auto") -> None:
@@ -504,3 +517,11 @@ class TruncatedHammingIndex:
             index._segments = file.read_segments(lambda n_bits: index._backend.new_segment(n_bits, index._cache))
         index._next_id = meta["next_id"]
         return index
+
+
+def _truncated_queries(query_codes: Codes, compared: int) -> np.ndarray:
+    """The packed queries on their first ``compared`` bits, zero-padded to the code size the flat scan uses (every
+    backend reads only the first ``ceil(compared / 8)`` bytes). The bytes are those of ``query_codes.truncate``."""
+    if compared == query_codes.n_bits:
+        return query_codes.packed
+    return truncate_padded(query_codes.packed, compared, _faiss.padded_code_size((compared + 7) // 8))
