@@ -327,18 +327,24 @@ class TruncatedHammingIndex:
                 dist, found = seg.search(packed, compared, k, nprobe=nprobe)
             if found.shape[1] == k and found.min() >= 0:
                 return SearchResult(found, dist, table[dist], np.full((nq, k), compared, np.int32), policy)
-        ids = np.full((nq, k), FILL_ID, dtype=np.int64)
-        distances = np.full((nq, k), FILL_DISTANCE, dtype=np.int32)
-        scores = np.full((nq, k), FILL_SCORE, dtype=np.float64)
-        n_compared = np.full((nq, k), FILL_N_BITS, dtype=np.int32)
+        n_candidates = sum(min(k, len(seg)) for seg in segments)
+        width = min(k, n_candidates)
+        if nq and width == k and len(segments) > 1:  # the merge writes every entry: no fill needed
+            ids = np.empty((nq, k), dtype=np.int64)
+            distances = np.empty((nq, k), dtype=np.int32)
+            scores = np.empty((nq, k), dtype=np.float64)
+            n_compared = np.empty((nq, k), dtype=np.int32)
+        else:
+            ids = np.full((nq, k), FILL_ID, dtype=np.int64)
+            distances = np.full((nq, k), FILL_DISTANCE, dtype=np.int32)
+            scores = np.full((nq, k), FILL_SCORE, dtype=np.float64)
+            n_compared = np.full((nq, k), FILL_N_BITS, dtype=np.int32)
         if nq == 0 or not self._segments:
             return SearchResult(ids, distances, scores, n_compared, policy)
 
         compared_lengths = tuple(min(query_codes.n_bits, seg.n_bits) for seg in segments)
         tables, ranks, merged = self._score_tables(policy, compared_lengths)
         plan = list(zip(segments, compared_lengths, tables, strict=True))
-        n_candidates = sum(min(k, len(seg)) for seg, _, _ in plan)
-        width = min(k, n_candidates)
         step = max(1, _CANDIDATES_PER_BLOCK // n_candidates)  # bounds the merge's memory for many queries
         truncated = {compared: _truncated_queries(query_codes, compared) for compared in set(compared_lengths)}
         with _faiss.omp_threads(self._threads):
