@@ -198,16 +198,21 @@ def _mixed_index(rng, backend=SMALL_CHUNKS) -> TruncatedHammingIndex:
     return index
 
 
-def test_streamed_save_writes_the_bytes_of_the_in_memory_writer(tmp_path: Path):
-    # With SHA-256; xxh3_128 files are checked against a one-pass digest in test_index_checksum.py.
-    index = _mixed_index(np.random.default_rng(7))
-    index.save(tmp_path / "streamed.safetensors", checksum="sha256")
+def _save_in_memory(index: TruncatedHammingIndex, path: Path) -> None:
+    """The index's file as the plain in-memory safetensors writer builds it (the reference for the streamed save)."""
     tensors = {}
     for n_bits, _ in index.segments:
         ids = index.get_ids(n_bits=n_bits)
         tensors[f"codes.{n_bits}"] = index.get_codes(ids).packed
         tensors[f"ids.{n_bits}"] = ids
-    save_safetensors(tmp_path / "memory.safetensors", tensors, kind="index", format_version=1, metadata=index._header())
+    save_safetensors(path, tensors, kind="index", format_version=1, metadata=index._header())
+
+
+def test_streamed_save_writes_the_bytes_of_the_in_memory_writer(tmp_path: Path):
+    # With SHA-256; xxh3_128 files are checked against a one-pass digest in test_index_checksum.py.
+    index = _mixed_index(np.random.default_rng(7))
+    index.save(tmp_path / "streamed.safetensors", checksum="sha256")
+    _save_in_memory(index, tmp_path / "memory.safetensors")
     assert (tmp_path / "streamed.safetensors").read_bytes() == (tmp_path / "memory.safetensors").read_bytes()
 
 
@@ -231,12 +236,7 @@ def test_writeback_hints_cover_the_file_and_change_no_byte(tmp_path: Path, monke
         monkeypatch.setattr(serialization, "_sync_file_range", False)
     index = _mixed_index(np.random.default_rng(11))
     index.save(tmp_path / "streamed.safetensors", checksum="sha256")
-    tensors = {}
-    for n_bits, _ in index.segments:
-        ids = index.get_ids(n_bits=n_bits)
-        tensors[f"codes.{n_bits}"] = index.get_codes(ids).packed
-        tensors[f"ids.{n_bits}"] = ids
-    save_safetensors(tmp_path / "memory.safetensors", tensors, kind="index", format_version=1, metadata=index._header())
+    _save_in_memory(index, tmp_path / "memory.safetensors")
     data = (tmp_path / "memory.safetensors").read_bytes()
     assert (tmp_path / "streamed.safetensors").read_bytes() == data
     (header_bytes,) = struct.unpack("<Q", data[:8])
