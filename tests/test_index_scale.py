@@ -19,9 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_index import P, brute_force, check_against_reference, random_codes, tie_heavy_codes
 
+from pbeh._safetensors_stream import save_safetensors_streaming
 from pbeh.codes import Codes
 from pbeh.index import SCORE_POLICIES, FlatBackend, IVFBackend, TruncatedHammingIndex, score_distances
-from pbeh.serialization import FormatError, save_safetensors, save_safetensors_streaming
+from pbeh.serialization import FormatError, save_safetensors
 
 SMALL_CHUNKS = FlatBackend(chunk_bytes=1024)  # 128 rows of 8 bytes: many chunks with few codes
 
@@ -221,19 +222,19 @@ def test_writeback_hints_cover_the_file_and_change_no_byte(tmp_path: Path, monke
     # A streamed save asks the kernel to start writing every _WRITEBACK_BYTES; with a tiny step every block is hinted.
     # The hints must tile the data written after the header, in order, and the file must be byte for byte the one
     # the in-memory writer gives (also where the platform has no sync_file_range).
-    from pbeh import serialization
+    from pbeh import _safetensors_stream as stream
 
     calls: list[tuple[int, int]] = []
-    real = serialization._start_writeback
+    real = stream._start_writeback
 
     def spy(fd: int, start: int, stop: int) -> None:
         calls.append((start, stop))
         real(fd, start, stop)
 
-    monkeypatch.setattr(serialization, "_WRITEBACK_BYTES", 1)
-    monkeypatch.setattr(serialization, "_start_writeback", spy)
+    monkeypatch.setattr(stream, "_WRITEBACK_BYTES", 1)
+    monkeypatch.setattr(stream, "_start_writeback", spy)
     if not platform_has_it:
-        monkeypatch.setattr(serialization, "_sync_file_range", False)
+        monkeypatch.setattr(stream, "_sync_file_range", False)
     index = _mixed_index(np.random.default_rng(11))
     index.save(tmp_path / "streamed.safetensors", checksum="sha256")
     _save_in_memory(index, tmp_path / "memory.safetensors")

@@ -12,9 +12,9 @@ versions that predate xxh3_128 read it; one with another algorithm writes versio
 a version error instead of calling the file damaged. Reading a version 2 file's checksum needs its algorithm's
 library (:class:`pbeh.serialization.ChecksumUnavailableError` says what to install; ``verify=False`` skips it).
 
-Memory: saving streams every tensor block by block (:func:`pbeh.serialization.save_safetensors_streaming`); loading
-reads each tensor block by block straight into the segments' chunks (:class:`pbeh.serialization.
-SafetensorsBlockReader`), so neither builds the file, or a second copy of the arrays, in memory. All arrays are
+Memory: saving streams every tensor block by block (``pbeh._safetensors_stream.save_safetensors_streaming``);
+loading reads each tensor block by block straight into the segments' chunks (``SafetensorsBlockReader``, same
+module), so neither builds the file, or a second copy of the arrays, in memory. All arrays are
 allocated before the first read, the small ones as views of one shared allocation (:class:`_LoadStorage`: fewer,
 larger allocations are paged in with huge pages instead of 4 KiB at a time). Checks are O(n log n)
 and use no hash table: ids ascending within a segment (a linear scan), no id in two segments (binary searches of one
@@ -30,14 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from ..serialization import (
-    CHECKSUM_KEY,
-    FormatError,
-    SafetensorsBlockReader,
-    read_safetensors_metadata,
-    resolve_checksum,
-    save_safetensors_streaming,
-)
+from .._safetensors_stream import SafetensorsBlockReader, save_safetensors_streaming
+from ..serialization import CHECKSUM_KEY, FormatError, read_safetensors_metadata, resolve_checksum
 from ._flat import _tail_mask
 from ._scoring import INT64_MAX, SCORE_POLICIES
 
