@@ -12,12 +12,14 @@ comparison isolates what each part is worth:
 ``"pbeh-no-replay"``      pbeh without class-prototype replay (``TrainerConfig.prototype_replay=0``).
 ``"pbeh-no-stored"``      pbeh without the stored-code term (the ablation of :func:`pbeh.losses.stored_code_loss`).
 ``"pbeh-no-centers"``     pbeh without the class-centre term (the ablation of :class:`pbeh.centers.ClassCenters`).
+``"pbeh-no-prior"``       pbeh without the class prior in query codes (the ablation of :mod:`pbeh.class_prior`).
 ``"pbeh-reference"``      PBEH as released: cross-batch attention, randn prompts on raw features, old bit rows
                           keep training at 0.1·lr, epoch selection on the test queries (optimistic), no replay.
                           Only the recipe: epochs, batch, lr and heads come from the caller (the released
                           settings are :meth:`TrainerConfig.reference` and heads of 4096).
 ``"fixed-length"``        pbeh's defaults, never extend.
-``"finetune"``            no prompt context, no anchor, no stored-code term, no class centres: heads fine-tuned task
+``"finetune"``            no prompt context, no anchor, no stored-code term, no class centres (and so no class
+                          prior): heads fine-tuned task
                           after task, never extended.
 ``"joint"``               all tasks' training data at once (the upper bound; not continual).
 ========================  ==================================================================================
@@ -38,7 +40,7 @@ from .trainer import ContinualTrainer, TrainerConfig
 __all__ = ["METHODS", "build_trainer", "run_method"]
 
 METHODS = (
-    "pbeh", "pbeh-no-replay", "pbeh-no-stored", "pbeh-no-centers", "pbeh-reference",
+    "pbeh", "pbeh-no-replay", "pbeh-no-stored", "pbeh-no-centers", "pbeh-no-prior", "pbeh-reference",
     "fixed-length", "finetune", "joint",
 )  # fmt: skip
 
@@ -85,6 +87,8 @@ def build_trainer(
     elif method == "pbeh-no-centers":
         cfg = base
         weights = LossWeights.pbeh(class_centers=0.0)
+    elif method == "pbeh-no-prior":
+        cfg = dataclasses.replace(base, class_prior=0.0)
     elif method == "pbeh-reference":
         cfg = dataclasses.replace(
             base,

@@ -50,6 +50,7 @@ from ._validation import (
     check_positive_real,
 )
 from ._version import __version__
+from .class_prior import ClassPrior
 from .codes import Codes
 from .hasher import ExtensibleHasher, _encode_in_batches, _prefix_drift
 from .prompts import MODALITIES, PromptPool
@@ -174,6 +175,8 @@ class CrossModalHashModel(nn.Module):
             seed=self.seed,
             branch_hidden_dims=branch_hidden_dims,
         )
+        # Empty (inactive) until the trainer fits it; see pbeh.class_prior.
+        self.class_prior = ClassPrior(self.image_dim, self.text_dim)
 
     def _make_map(self, width: int, gen: torch.Generator) -> nn.Module:
         if width == self.dim:
@@ -300,22 +303,27 @@ class CrossModalHashModel(nn.Module):
         """Head ``modality`` applied to a given ``z`` (for the cross-head distillation ``f_t(z_v)``)."""
         return self.hasher(z, modality)
 
-    def encode(self, features: Any, modality: str, *, batch_size: int = 1024) -> Codes:
+    def encode(self, features: Any, modality: str, *, batch_size: int = 1024, role: str = "database") -> Codes:
         """Binary codes of features (tensor or numpy array) in eval mode under ``torch.inference_mode``.
+
+        ``role``: ``"database"`` (codes to store: the heads' output alone) or ``"query"`` (codes to search with:
+        once the trainer has fitted :attr:`class_prior`, the sign of the heads' normalised output plus the weighted
+        prior direction of the features; see :mod:`pbeh.class_prior`). A stored code was encoded while its classes
+        were the newest, when the heads knew them best; a query may belong to a class the heads last saw tasks ago.
 
         With ``attention="batch"`` (the reference quirk) codes depend on how the rows are batched; the default
         ``"sample"`` attention gives the same code for an item whatever ``batch_size``.
         """
         check_choice(modality, "modality", MODALITIES)
+        check_choice(role, "role", ("database", "query"))
         batch_size = check_positive_int(batch_size, "batch_size")
         features = self._as_input(features, modality)
-        return _encode_in_batches(
-            self,
-            len(features),
-            batch_size,
-            lambda rows: self.hasher.logits(self._z(features[rows], modality), modality),
-            self.n_bits,
-        )
+
+        def outputs(rows: slice) -> torch.Tensor:
+            logits = self.hasher.logits(self._z(features[rows], modality), modality)
+            return self.class_prior.combine(logits, features[rows], modality) if role == "query" else logits
+
+        return _encode_in_batches(self, len(features), batch_size, outputs, self.n_bits)
 
     def prefix_drift(self, stored: Codes, features: Any, modality: str) -> float:
         """Fraction of the bits of ``stored`` (earlier codes of ``features``) that re-encoding would flip."""
@@ -408,6 +416,7 @@ class CrossModalHashModel(nn.Module):
             "width_history": self.width_history,
             "frozen_history": self.frozen_history,
             "dtype": dtype_name,
+            "class_prior": self.class_prior.get_config(),
         }
 
     @classmethod
@@ -439,6 +448,9 @@ class CrossModalHashModel(nn.Module):
             if int(config["n_bits"]) != model.n_bits:
                 raise ValueError(f"n_bits {config['n_bits']} disagrees with width_history {widths}")
             model.pool._rebuild_tasks([int(n) for n in config["pool_sizes"]], config.get("pool_inits"))
+            prior = config.get("class_prior")  # absent in models saved before the class prior
+            if prior is not None:
+                model.class_prior.resize(int(prior["n_classes"]), int(prior["n_bits"]), float(prior["weight"]))
             dtype = _DTYPES.get(config.get("dtype", "float32"))
             if dtype is None:
                 raise ValueError(f"dtype: expected one of {list(_DTYPES)}, got {config.get('dtype')!r}")
@@ -532,6 +544,8 @@ class CrossModalHashModel(nn.Module):
         model = cls.from_config(config)
         arrays, _ = load_safetensors(weights_path, kind=_KIND, format_version=FORMAT_VERSION)
         expected = model.state_dict()
+        if "class_prior" not in config:  # saved before the class prior: its empty table is all there is to load
+            arrays = {**arrays, **{k: v.numpy() for k, v in expected.items() if k.startswith("class_prior.")}}
         missing = sorted(set(expected) - set(arrays))
         unexpected = sorted(set(arrays) - set(expected))
         if missing or unexpected:
@@ -588,6 +602,13 @@ def _check_config_size(config: Mapping[str, Any], weights_bytes: int, source: st
     dim = dims["dim"]
     # smallest dtype pbeh saves: float16
     bound = 2 * (dims["image_dim"] + dims["text_dim"])
+    prior = json_field(config, "class_prior", (dict, type(None)), source=source, default=None)
+    if prior is not None:  # means, scales and centres of every class
+        sizes = {
+            k: json_field(prior, k, int, source=f"{source} 'class_prior'", minimum=0) for k in ("n_classes", "n_bits")
+        }
+        json_field(prior, "weight", (int, float), source=f"{source} 'class_prior'")
+        bound += sizes["n_classes"] * (2 * (dims["image_dim"] + dims["text_dim"]) + sizes["n_bits"])
     bound += sum(pools) * dim
     for d in (dims["image_dim"], dims["text_dim"]):
         if d != dim:

@@ -456,7 +456,7 @@ class Retriever:
         if self.model.n_tasks == 0:
             raise RuntimeError("search: the model is untrained (no task learned yet); call learn(task) first")
         self.model.eval()
-        codes: Codes = self.model.encode(feats, modality)
+        codes: Codes = self.model.encode(feats, modality, role="query")
         result = index.search(codes, k)
         out = []
         for q in range(len(codes)):

@@ -355,7 +355,7 @@ def test_search_prints_id_score_task_labels_and_json(run_dir, tmp_path, capsys, 
     model = CrossModalHashModel.from_pretrained(state / "model")
     other = "image" if modality == "text" else "text"
     index = TruncatedHammingIndex.load(state / f"{other}_index.safetensors")
-    expected = index.search(model.encode(features, modality), 5)
+    expected = index.search(model.encode(features, modality, role="query"), 5)
     stream = synthetic_stream()
     task_of = {int(i): t for t, task in enumerate(stream) for i in task.database.ids}
     labels_of = {

@@ -84,7 +84,7 @@ def test_clip_images_and_texts_to_codes_through_a_continual_run(clip, tmp_path):
     last = stream[1].database
     assert trainer.text_index.get_codes(last.ids) == trainer.model.encode(last.text, "text")
     # A 12-bit image query searches both segments (8-bit codes on their common prefix).
-    queries = trainer.model.encode(stream[0].query.image, "image")
+    queries = trainer.model.encode(stream[0].query.image, "image", role="query")
     result = trainer.text_index.search(queries, k=5)
     assert result.ids.shape == (len(queries), 5)
     assert set(np.unique(result.n_bits_compared)) <= {8, 12}

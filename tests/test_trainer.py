@@ -258,8 +258,8 @@ def test_matrix_rows_match_brute_force_on_stored_codes(fixed_run, stream):
         stored_text = trainer.text_index.get_codes(db.ids)
         stored_image = trainer.image_index.get_codes(db.ids)
         assert stored_text.n_bits == 8 + 2 * i
-        i2t = reference_map(model.encode(q.image, "image"), stored_text, q.labels, db.labels)
-        t2i = reference_map(model.encode(q.text, "text"), stored_image, q.labels, db.labels)
+        i2t = reference_map(model.encode(q.image, "image", role="query"), stored_text, q.labels, db.labels)
+        t2i = reference_map(model.encode(q.text, "text", role="query"), stored_image, q.labels, db.labels)
         assert trainer.matrix.matrix("i2t")[t, i] == pytest.approx(i2t, abs=1e-12)
         assert trainer.matrix.matrix("t2i")[t, i] == pytest.approx(t2i, abs=1e-12)
 
@@ -273,8 +273,8 @@ def test_unified_score_matches_brute_force_at_one_length(never_run, stream):
     db_labels = np.concatenate([t.database.labels for t in stream])
     stored_text = trainer.text_index.get_codes(ids)
     stored_image = trainer.image_index.get_codes(ids)
-    q_image = trainer.model.encode(np.concatenate([t.query.image for t in stream]), "image")
-    q_text = trainer.model.encode(np.concatenate([t.query.text for t in stream]), "text")
+    q_image = trainer.model.encode(np.concatenate([t.query.image for t in stream]), "image", role="query")
+    q_text = trainer.model.encode(np.concatenate([t.query.text for t in stream]), "text", role="query")
     assert reports[-1].unified_i2t == pytest.approx(reference_map(q_image, stored_text, q_labels, db_labels, ids))
     assert reports[-1].unified_t2i == pytest.approx(reference_map(q_text, stored_image, q_labels, db_labels, ids))
 
@@ -479,7 +479,7 @@ def test_select_on_validation_keeps_the_best_epoch(fixed_run, stream):
     assert reports[t].selection_score == pytest.approx(score)
 
 
-def test_select_on_test_scores_the_task_queries(never_run):
+def test_select_on_test_scores_the_task_queries(never_run, stream):
     _, reports = never_run
     for report in reports:
         assert report.n_validation == 0
@@ -487,8 +487,16 @@ def test_select_on_test_scores_the_task_queries(never_run):
         assert len(scores) == 3
         assert report.selection_score == max(scores)
         assert report.best_epoch == 1 + int(np.argmax(scores))
-        # The kept epoch encoded the database, so its score is the diagonal entry R[t, t] of both directions.
-        assert report.selection_score == pytest.approx(report.map_i2t[-1] + report.map_t2i[-1])
+    # The kept epoch encoded the database, so its score is R[t, t] of both directions with the heads alone (the class
+    # prior is not in the selection score): checked on the last task, whose kept model is the final one.
+    trainer, last, (q, db) = never_run[0], reports[-1], (stream[2].query, stream[2].database)
+    cfg = trainer.config
+    heads = sum(
+        map_at_k(trainer.model.encode(getattr(q, m), m), stored.get_codes(db.ids), q.labels, db.labels, k=cfg.eval_k)
+        for m, stored in (("image", trainer.text_index), ("text", trainer.image_index))
+    )
+    assert last.selection_score == pytest.approx(heads)
+    assert trainer.model.class_prior.active  # and the reported R[t, t] has the prior in its queries
 
 
 def test_select_on_last_and_eval_every(stream):
@@ -521,7 +529,7 @@ def test_evaluate_stream_after_joint_training(stream):
     for i, task in enumerate(stream):
         q, db = task.query, task.database
         expected = reference_map(
-            trainer.model.encode(q.image, "image"), ev.text_index.get_codes(db.ids), q.labels, db.labels
+            trainer.model.encode(q.image, "image", role="query"), ev.text_index.get_codes(db.ids), q.labels, db.labels
         )
         assert ev.matrix.matrix("i2t")[2, i] == pytest.approx(expected, abs=1e-12)
     summary = ev.summary()

@@ -194,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: the method's, {loss_weight_default('stored_codes'):g} for pbeh)",
     )
     train.add_argument(
+        "--class-prior",
+        type=float,
+        default=config_default("class_prior"),
+        metavar="WEIGHT",
+        help="weight of the class prior in query codes (the class centre that the frozen features' per-class means "
+        "point to, added to the heads' output, so queries of old classes are not pulled to the newest ones); needs "
+        "the class-centre term; 0 switches it off (default: %(default)s)",
+    )
+    train.add_argument(
         "--prototype-noise",
         type=float,
         default=config_default("prototype_noise"),

@@ -41,7 +41,7 @@ def search(args: argparse.Namespace) -> int:
     other = "text" if args.modality == "image" else "image"
     index = TruncatedHammingIndex.load(run.state / f"{other}_index.safetensors")
     feats = query_features(args, model.feature_dim(args.modality), "this run's model")
-    codes = model.encode(torch.as_tensor(feats, dtype=torch.float32), args.modality)
+    codes = model.encode(torch.as_tensor(feats, dtype=torch.float32), args.modality, role="query")
     result = index.search(codes, args.k)
     names = run.info.get("task_names") or run.task_names
     label_names = run.label_names

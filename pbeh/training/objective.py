@@ -29,6 +29,7 @@ from ..data import Task
 from ..index import TruncatedHammingIndex
 from ..losses import LossWeights, anchor_loss, center_loss, label_similarity, pbeh_loss, stored_code_loss
 from ..model import CrossModalHashModel
+from ..prototypes import ClassPrototypes
 from ._arrays import _tensor
 from .config import TrainerConfig
 from .distributed import DistributedContext, MinibatchShare, all_gather_rows, shard_bounds
@@ -47,6 +48,7 @@ class TrainerObjective:
     text_index: TruncatedHammingIndex
     _stored: list[_StoredTask]
     _centers: ClassCenters | None
+    _prototypes: list[ClassPrototypes]
     device: torch.device  # the trainer's property
 
     # ------------------------------------------------------------------ per task, before the epochs
@@ -82,6 +84,27 @@ class TrainerObjective:
         if self._centers.n_bits < self.model.n_bits:
             self._centers.extend(self.model.n_bits - self._centers.n_bits)
         self._centers.assign(np.flatnonzero(np.asarray(task.train.labels).any(axis=0)))
+
+    def _fit_class_prior(self) -> None:
+        """Fit the model's class prior (:mod:`pbeh.class_prior`) to every class seen so far, this task's included.
+
+        Off (left empty) when ``TrainerConfig.class_prior`` is 0 or there are no class centres to aim at.
+        """
+        if self.config.class_prior <= 0 or self._centers is None or self.loss_weights.class_centers <= 0:
+            return
+        seen = ClassPrototypes.concatenate(self._prototypes)
+        classes, which = np.unique(seen.classes, return_inverse=True)
+        counts = np.bincount(which, minlength=len(classes)).astype(np.float64)[:, None]
+        means, stds = {}, {}
+        for modality in ("image", "text"):  # a class seen in several tasks: the mean of its tasks' statistics
+            mean, std = getattr(seen, f"{modality}_mean"), getattr(seen, f"{modality}_std")
+            means[modality] = np.zeros((len(classes), mean.shape[1]))
+            np.add.at(means[modality], which, mean)
+            means[modality] /= counts
+            var = np.zeros_like(means[modality])
+            np.add.at(var, which, std.astype(np.float64) ** 2)
+            stds[modality] = np.sqrt(var / counts)
+        self.model.class_prior.fit(means, stds, self._centers.centers[classes], weight=self.config.class_prior)
 
     def _stored_targets(self, t: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """±1 stored image and text codes (at their own lengths) and labels of a seeded sample of each earlier

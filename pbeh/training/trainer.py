@@ -314,6 +314,10 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
             self._pending_extension = 0
         if self.loss_weights.class_centers > 0:
             self._prepare_centers(task)
+        # The task's class statistics (features only, no item kept): replay for later tasks, and the class prior
+        # of every query encoded from here on (the task's evaluation included).
+        self._prototypes.append(ClassPrototypes.fit(task.train.image, task.train.text, task.train.labels))
+        self._fit_class_prior()
 
         if cfg.select_on == "validation":
             train, validation = task.split_validation(cfg.validation_fraction, seed=cfg.seed + t)
@@ -338,7 +342,6 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
         image_codes, text_codes = self._store(task)
         with torch.no_grad():
             self._anchors.append(self.model.anchor_codes(t).detach().clone())
-        self._prototypes.append(ClassPrototypes.fit(task.train.image, task.train.text, task.train.labels))
 
         ctx = current_distributed()
         if ctx is None:

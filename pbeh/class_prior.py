@@ -1,0 +1,155 @@
+"""The class prior of a query: where its frozen features alone say its class centre lies.
+
+Why. After task ``T`` the hash heads have trained on task ``T``'s items and only on Gaussian pseudo items of
+earlier classes (:class:`~pbeh.prototypes.ClassPrototypes`). Real items of earlier classes that lie away from their
+class mean therefore fall on the newest classes' side, and an old query finds the newest task's codes first. Measured
+on Wikipedia-5 (32 bits, one seed): the image queries of tasks 1-4 took 54-69 % of their top 10 from task 5 and
+reached a unified P@10 of 0.139 (joint training: 0.231).
+
+What. The encoders are frozen, so the per-class feature statistics pbeh keeps after every task stay valid for ever:
+a classifier on them does not forget. :class:`ClassPrior` holds, for every class seen so far and per modality, the
+feature mean and per-dimension spread, and the class's centre (:class:`~pbeh.centers.ClassCenters`). For features
+``x`` it returns the expected centre under the posterior of diagonal Gaussians::
+
+    p(c | x) = softmax_c( -||(x - mean_c) / scale_c||^2 / 2 - sum_d log scale_cd )
+    prior(x) = sum_c p(c | x) * center_c / sqrt(n_bits)          (a unit vector when the posterior is sure)
+
+and :meth:`pbeh.model.CrossModalHashModel.encode` with ``role="query"`` gives ``sign(h + weight * prior(x))``, ``h``
+being the heads' L2-normalised output. Stored codes (``role="database"``) are the heads' alone: they were encoded
+while their classes were the newest, and putting the prior into them cost Wikipedia-5 0.046 T→I.
+
+Measured on one finished run per set, its queries re-encoded (unified I→T / T→I, no prior -> weight 0.5):
+Wikipedia-5 0.321 / 0.663 -> 0.352 / 0.676, MIRFLICKR730-4 0.677 / 0.650 -> 0.684 / 0.662, openclipart-5
+0.464 / 0.637 -> 0.503 / 0.622. docs/design.md has the grid of forms and weights, docs/results.md the benchmark.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._validation import check_choice
+from .prompts import MODALITIES
+
+__all__ = ["ClassPrior"]
+
+_VARIANCE_FLOOR = 1e-3  # a class's variance is floored at this fraction of the mean class variance, per dimension
+
+
+class ClassPrior(nn.Module):
+    """Per-class feature means and centres; the prior direction of features (empty, and so inactive, at first).
+
+    Args:
+        image_dim, text_dim: feature widths of the two modalities.
+        n_classes, n_bits: the table's shape (zeros until :meth:`fit`; :meth:`from_config` uses them to rebuild a
+            saved table before its values are loaded).
+        weight: the prior's weight against the heads' unit-norm output (``0`` turns it off).
+
+    Example:
+        >>> prior = ClassPrior(4, 3)
+        >>> prior.fit({"image": np.eye(2, 4), "text": np.eye(2, 3)},
+        ...           {"image": np.ones((2, 4)), "text": np.ones((2, 3))}, np.array([[1, 1], [-1, -1]]), weight=1.0)
+        >>> prior(torch.tensor([[1.0, 0, 0, 0]]), "image", n_bits=2).sign()
+        tensor([[1., 1.]])
+    """
+
+    def __init__(self, image_dim: int, text_dim: int, *, n_classes: int = 0, n_bits: int = 0, weight: float = 0.0):
+        super().__init__()
+        self.weight = float(weight)
+        for modality, width in (("image", image_dim), ("text", text_dim)):
+            self.register_buffer(f"{modality}_mean", torch.zeros(n_classes, width))
+            self.register_buffer(f"{modality}_scale", torch.ones(n_classes, width))
+        self.register_buffer("codes", torch.zeros(n_classes, n_bits))
+
+    @property
+    def n_classes(self) -> int:
+        """Classes in the table."""
+        return int(self.codes.shape[0])
+
+    @property
+    def active(self) -> bool:
+        """Whether :meth:`pbeh.model.CrossModalHashModel.encode` adds the prior."""
+        return self.weight > 0 and self.n_classes > 0
+
+    def fit(
+        self,
+        means: dict[str, np.ndarray],
+        stds: dict[str, np.ndarray],
+        codes: np.ndarray,
+        *,
+        weight: float,
+    ) -> None:
+        """Replace the table: per modality the classes' means and spreads ``(C, D)``, and their ±1 centres ``(C, K)``.
+
+        A class's scale is its spread, its variance floored at a thousandth of the modality's mean class variance
+        in that dimension (and at 1e-12), so that a dimension constant within a class does not divide by zero.
+        """
+        codes = np.asarray(codes, dtype=np.float32)
+        if codes.ndim != 2 or not np.isin(codes, (-1.0, 1.0)).all():
+            raise ValueError(f"codes: expected a 2-D array of ±1 centres, got shape {codes.shape}")
+        if not (np.isfinite(weight) and weight >= 0):
+            raise ValueError(f"weight: expected a finite number >= 0, got {weight!r}")
+        ref = self.codes
+        for modality in MODALITIES:
+            mean = np.asarray(means[modality], dtype=np.float32)
+            std = np.asarray(stds[modality], dtype=np.float32)
+            width = getattr(self, f"{modality}_mean").shape[1]
+            if mean.shape != (len(codes), width) or std.shape != mean.shape:
+                raise ValueError(
+                    f"means/stds[{modality!r}]: expected shape {(len(codes), width)}, got {mean.shape} and {std.shape}"
+                )
+            var = std.astype(np.float64) ** 2
+            scale = np.sqrt(var + _VARIANCE_FLOOR * var.mean(axis=0, keepdims=True) + 1e-12)
+            setattr(self, f"{modality}_mean", torch.as_tensor(mean, dtype=ref.dtype, device=ref.device))
+            setattr(self, f"{modality}_scale", torch.as_tensor(scale, dtype=ref.dtype, device=ref.device))
+        self.codes = torch.as_tensor(codes, dtype=ref.dtype, device=ref.device)
+        self.weight = float(weight)
+
+    def posterior(self, features: torch.Tensor, modality: str) -> torch.Tensor:
+        """``p(c | x)`` ``(B, n_classes)`` for raw features ``(B, D)`` (the rows of :attr:`codes`)."""
+        check_choice(modality, "modality", MODALITIES)
+        mean, scale = getattr(self, f"{modality}_mean"), getattr(self, f"{modality}_scale")
+        x, mean, scale = features.double(), mean.double(), scale.double()  # the expansion below cancels terms
+        inverse = scale.reciprocal() ** 2  # (C, D)
+        # sum_d (x_d - m_cd)^2 / s_cd^2 as three matrix products, without a (B, C, D) intermediate
+        distance = (x * x) @ inverse.T - 2 * x @ (mean * inverse).T + (mean * mean * inverse).sum(dim=1)
+        return torch.softmax(-0.5 * distance - torch.log(scale).sum(dim=1), dim=1).to(features.dtype)
+
+    def forward(self, features: torch.Tensor, modality: str, *, n_bits: int) -> torch.Tensor:
+        """The prior direction ``(B, n_bits)``: zeros when empty; the table's bits padded with zeros or cut."""
+        out = features.new_zeros((len(features), n_bits))
+        if not self.n_classes:
+            return out
+        k = min(n_bits, self.codes.shape[1])
+        direction = self.posterior(features, modality) @ self.codes[:, :k]
+        out[:, :k] = direction.to(out.dtype) / np.sqrt(self.codes.shape[1])
+        return out
+
+    def combine(self, logits: torch.Tensor, features: torch.Tensor, modality: str) -> torch.Tensor:
+        """What ``encode`` takes the sign of: ``normalize(logits) + weight * prior`` (the logits alone when off)."""
+        if not self.active:
+            return logits
+        return F.normalize(logits, dim=1) + self.weight * self(features, modality, n_bits=logits.shape[1])
+
+    def get_config(self) -> dict[str, Any]:
+        """The table's shape and weight (``config.json``'s ``"class_prior"``)."""
+        return {"n_classes": self.n_classes, "n_bits": int(self.codes.shape[1]), "weight": self.weight}
+
+    def resize(self, n_classes: int, n_bits: int, weight: float) -> None:
+        """An all-zero table of the given shape (before a saved one is loaded into it)."""
+        if n_classes < 0 or n_bits < 0 or not (np.isfinite(weight) and weight >= 0):
+            raise ValueError(
+                f"class_prior: expected n_classes, n_bits >= 0 and a finite weight >= 0, got {n_classes}, {n_bits} "
+                f"and {weight!r}"
+            )
+        ref = self.codes
+        for modality in MODALITIES:
+            width = getattr(self, f"{modality}_mean").shape[1]
+            setattr(self, f"{modality}_mean", ref.new_zeros((n_classes, width)))
+            setattr(self, f"{modality}_scale", ref.new_ones((n_classes, width)))
+        self.codes = ref.new_zeros((n_classes, n_bits))
+        self.weight = float(weight)
