@@ -221,7 +221,7 @@ def _default_hidden() -> tuple[int, ...]:
 
 def _config_line(config: TrainerConfig) -> str:
     keys = ("epochs", "batch_size", "lr", "later_task_head_lr_scale", "prototype_replay", "samples_per_prompt",
-            "select_on", "ties")  # fmt: skip
+            "select_on", "ties", "class_prior")  # fmt: skip
     return ", ".join(f"{k}={getattr(config, k)}" for k in keys)
 
 
