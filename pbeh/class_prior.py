@@ -37,11 +37,11 @@ from .prompts import MODALITIES
 
 __all__ = ["ClassPrior"]
 
-_VARIANCE_FLOOR = 1e-3  # a class's variance is floored at this fraction of the mean class variance, per dimension
+_VARIANCE_FLOOR = 1e-3  # this fraction of the mean class variance (per dimension) is added to every class's variance
 
 
 class ClassPrior(nn.Module):
-    """Per-class feature means and centres; the prior direction of features (empty, and so inactive, at first).
+    """Per-class feature means, spreads and centres; the prior direction of features (empty, so inactive, at first).
 
     Args:
         image_dim, text_dim: feature widths of the two modalities.
@@ -85,8 +85,8 @@ class ClassPrior(nn.Module):
     ) -> None:
         """Replace the table: per modality the classes' means and spreads ``(C, D)``, and their ±1 centres ``(C, K)``.
 
-        A class's scale is its spread, its variance floored at a thousandth of the modality's mean class variance
-        in that dimension (and at 1e-12), so that a dimension constant within a class does not divide by zero.
+        A class's scale is its spread, with a thousandth of the modality's mean class variance in that dimension
+        (and 1e-12) added to its variance, so that a dimension constant within a class does not divide by zero.
         """
         codes = np.asarray(codes, dtype=np.float32)
         if codes.ndim != 2 or not np.isin(codes, (-1.0, 1.0)).all():
