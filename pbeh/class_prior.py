@@ -25,6 +25,7 @@ Wikipedia-5 0.321 / 0.663 -> 0.352 / 0.676, MIRFLICKR730-4 0.677 / 0.650 -> 0.68
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -35,9 +36,29 @@ from torch import nn
 from ._validation import check_choice
 from .prompts import MODALITIES
 
-__all__ = ["ClassPrior"]
+__all__ = ["ClassPrior", "Weight", "prior_weights"]
+
+Weight = float | Mapping[str, float]
+"""A class-prior weight: one number for both modalities, or ``{"image": w, "text": w}``."""
 
 _VARIANCE_FLOOR = 1e-3  # this fraction of the mean class variance (per dimension) is added to every class's variance
+
+
+def prior_weights(weight: Any, name: str = "weight") -> dict[str, float]:
+    """``weight`` as ``{"image": w, "text": w}``: a finite number >= 0 for both modalities, or a mapping with exactly
+    the keys ``"image"`` and ``"text"`` (the image weight acts on image queries, that is on image-to-text search)."""
+    if isinstance(weight, Mapping):
+        if set(weight) != set(MODALITIES):
+            raise ValueError(
+                f"{name}: expected a number or a mapping with keys 'image' and 'text', got {dict(weight)!r}"
+            )
+        values = {m: weight[m] for m in MODALITIES}
+    else:
+        values = {m: weight for m in MODALITIES}
+    for value in values.values():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+            raise ValueError(f"{name}: expected finite numbers >= 0, got {weight!r}")
+    return {m: float(v) for m, v in values.items()}
 
 
 class ClassPrior(nn.Module):
@@ -47,7 +68,8 @@ class ClassPrior(nn.Module):
         image_dim, text_dim: feature widths of the two modalities.
         n_classes, n_bits: the table's shape (zeros until :meth:`fit`; :meth:`from_config` uses them to rebuild a
             saved table before its values are loaded).
-        weight: the prior's weight against the heads' unit-norm output (``0`` turns it off).
+        weight: the prior's weight against the heads' unit-norm output, one number or ``{"image": w, "text": w}``
+            (``0`` turns it off for that modality's queries). :attr:`weights` holds it per modality.
 
     Example:
         >>> prior = ClassPrior(4, 3)
@@ -57,9 +79,9 @@ class ClassPrior(nn.Module):
         tensor([[1., 1.]])
     """
 
-    def __init__(self, image_dim: int, text_dim: int, *, n_classes: int = 0, n_bits: int = 0, weight: float = 0.0):
+    def __init__(self, image_dim: int, text_dim: int, *, n_classes: int = 0, n_bits: int = 0, weight: Weight = 0.0):
         super().__init__()
-        self.weight = float(weight)
+        self.weights = prior_weights(weight)
         for modality, width in (("image", image_dim), ("text", text_dim)):
             self.register_buffer(f"{modality}_mean", torch.zeros(n_classes, width))
             self.register_buffer(f"{modality}_scale", torch.ones(n_classes, width))
@@ -73,7 +95,7 @@ class ClassPrior(nn.Module):
     @property
     def active(self) -> bool:
         """Whether :meth:`pbeh.model.CrossModalHashModel.encode` adds the prior."""
-        return self.weight > 0 and self.n_classes > 0
+        return self.n_classes > 0 and any(w > 0 for w in self.weights.values())
 
     def fit(
         self,
@@ -81,7 +103,7 @@ class ClassPrior(nn.Module):
         stds: dict[str, np.ndarray],
         codes: np.ndarray,
         *,
-        weight: float,
+        weight: Weight,
     ) -> None:
         """Replace the table: per modality the classes' means and spreads ``(C, D)``, and their ±1 centres ``(C, K)``.
 
@@ -91,8 +113,7 @@ class ClassPrior(nn.Module):
         codes = np.asarray(codes, dtype=np.float32)
         if codes.ndim != 2 or not np.isin(codes, (-1.0, 1.0)).all():
             raise ValueError(f"codes: expected a 2-D array of ±1 centres, got shape {codes.shape}")
-        if not (np.isfinite(weight) and weight >= 0):
-            raise ValueError(f"weight: expected a finite number >= 0, got {weight!r}")
+        weights = prior_weights(weight)
         ref = self.codes
         for modality in MODALITIES:
             mean = np.asarray(means[modality], dtype=np.float32)
@@ -107,7 +128,7 @@ class ClassPrior(nn.Module):
             setattr(self, f"{modality}_mean", torch.as_tensor(mean, dtype=ref.dtype, device=ref.device))
             setattr(self, f"{modality}_scale", torch.as_tensor(scale, dtype=ref.dtype, device=ref.device))
         self.codes = torch.as_tensor(codes, dtype=ref.dtype, device=ref.device)
-        self.weight = float(weight)
+        self.weights = weights
 
     def posterior(self, features: torch.Tensor, modality: str) -> torch.Tensor:
         """``p(c | x)`` ``(B, n_classes)`` for raw features ``(B, D)`` (the rows of :attr:`codes`)."""
@@ -131,25 +152,26 @@ class ClassPrior(nn.Module):
 
     def combine(self, logits: torch.Tensor, features: torch.Tensor, modality: str) -> torch.Tensor:
         """What ``encode`` takes the sign of: ``normalize(logits) + weight * prior`` (the logits alone when off)."""
-        if not self.active:
+        weight = self.weights[modality]
+        if not self.n_classes or weight <= 0:
             return logits
-        return F.normalize(logits, dim=1) + self.weight * self(features, modality, n_bits=logits.shape[1])
+        return F.normalize(logits, dim=1) + weight * self(features, modality, n_bits=logits.shape[1])
 
     def get_config(self) -> dict[str, Any]:
         """The table's shape and weight (``config.json``'s ``"class_prior"``)."""
-        return {"n_classes": self.n_classes, "n_bits": int(self.codes.shape[1]), "weight": self.weight}
+        image, text = self.weights["image"], self.weights["text"]
+        weight: Any = image if image == text else dict(self.weights)
+        return {"n_classes": self.n_classes, "n_bits": int(self.codes.shape[1]), "weight": weight}
 
-    def resize(self, n_classes: int, n_bits: int, weight: float) -> None:
+    def resize(self, n_classes: int, n_bits: int, weight: Weight) -> None:
         """An all-zero table of the given shape (before a saved one is loaded into it)."""
-        if n_classes < 0 or n_bits < 0 or not (np.isfinite(weight) and weight >= 0):
-            raise ValueError(
-                f"class_prior: expected n_classes, n_bits >= 0 and a finite weight >= 0, got {n_classes}, {n_bits} "
-                f"and {weight!r}"
-            )
+        if n_classes < 0 or n_bits < 0:
+            raise ValueError(f"class_prior: expected n_classes, n_bits >= 0, got {n_classes} and {n_bits}")
+        weights = prior_weights(weight, "class_prior weight")
         ref = self.codes
         for modality in MODALITIES:
             width = getattr(self, f"{modality}_mean").shape[1]
             setattr(self, f"{modality}_mean", ref.new_zeros((n_classes, width)))
             setattr(self, f"{modality}_scale", ref.new_ones((n_classes, width)))
         self.codes = ref.new_zeros((n_classes, n_bits))
-        self.weight = float(weight)
+        self.weights = weights

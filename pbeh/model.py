@@ -450,7 +450,7 @@ class CrossModalHashModel(nn.Module):
             model.pool._rebuild_tasks([int(n) for n in config["pool_sizes"]], config.get("pool_inits"))
             prior = config.get("class_prior")  # absent in models saved before the class prior
             if prior is not None:
-                model.class_prior.resize(int(prior["n_classes"]), int(prior["n_bits"]), float(prior["weight"]))
+                model.class_prior.resize(int(prior["n_classes"]), int(prior["n_bits"]), prior["weight"])
             dtype = _DTYPES.get(config.get("dtype", "float32"))
             if dtype is None:
                 raise ValueError(f"dtype: expected one of {list(_DTYPES)}, got {config.get('dtype')!r}")
@@ -607,7 +607,7 @@ def _check_config_size(config: Mapping[str, Any], weights_bytes: int, source: st
         sizes = {
             k: json_field(prior, k, int, source=f"{source} 'class_prior'", minimum=0) for k in ("n_classes", "n_bits")
         }
-        json_field(prior, "weight", (int, float), source=f"{source} 'class_prior'")
+        json_field(prior, "weight", (int, float, dict), source=f"{source} 'class_prior'")
         bound += sizes["n_classes"] * (2 * (dims["image_dim"] + dims["text_dim"]) + sizes["n_bits"])
     bound += sum(pools) * dim
     for d in (dims["image_dim"], dims["text_dim"]):

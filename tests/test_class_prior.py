@@ -90,16 +90,22 @@ def test_bad_input_names_the_argument():
     ok = {"image": np.zeros((2, 6)), "text": np.zeros((2, 4))}
     with pytest.raises(ValueError, match="codes: expected a 2-D array of ±1"):
         prior.fit(ok, ok, np.zeros((2, 8)), weight=1.0)
-    with pytest.raises(ValueError, match="weight: expected a finite number >= 0"):
+    with pytest.raises(ValueError, match="weight: expected finite numbers >= 0"):
         prior.fit(ok, ok, np.ones((2, 8)), weight=float("nan"))
+    with pytest.raises(ValueError, match="weight: expected finite numbers >= 0"):
+        prior.fit(ok, ok, np.ones((2, 8)), weight={"image": 1.0, "text": -1.0})
+    with pytest.raises(ValueError, match="weight: expected a number or a mapping with keys 'image' and 'text'"):
+        prior.fit(ok, ok, np.ones((2, 8)), weight={"image": 1.0})
     with pytest.raises(ValueError, match=r"means/stds\['text'\]: expected shape \(2, 4\)"):
         prior.fit(ok, {"image": ok["image"], "text": np.zeros((2, 5))}, np.ones((2, 8)), weight=1.0)
     with pytest.raises(ValueError, match="modality"):
         prior.posterior(torch.zeros(1, 6), "audio")
     with pytest.raises(ValueError, match="class_prior: expected n_classes"):
         prior.resize(-1, 8, 1.0)
-    with pytest.raises(ValueError, match="class_prior: expected a finite number >= 0"):
+    with pytest.raises(ValueError, match="class_prior: expected finite numbers >= 0"):
         TrainerConfig(class_prior=-1.0)
+    with pytest.raises(ValueError, match="class_prior: expected a number or a mapping"):
+        TrainerConfig(class_prior={"image": 1.0, "audio": 1.0})
 
 
 def _model_with_prior(weight=1.0) -> CrossModalHashModel:
@@ -166,7 +172,8 @@ def _metadata(path) -> dict[str, str]:
 
 @pytest.mark.parametrize(
     "prior", [{"n_classes": 10**9, "n_bits": 8, "weight": 1.0}, {"n_classes": -1, "n_bits": 8, "weight": 1.0},
-              {"n_classes": 3, "n_bits": 8, "weight": "heavy"}, [3, 8]],
+              {"n_classes": 3, "n_bits": 8, "weight": "heavy"}, {"n_classes": 3, "n_bits": 8, "weight": {"image": 1.0}},
+              [3, 8]],
 )  # fmt: skip
 def test_a_damaged_prior_config_is_a_format_error(tmp_path, prior):
     _model_with_prior().save_pretrained(tmp_path / "m")
@@ -193,7 +200,7 @@ def test_the_trainer_fits_the_prior_to_every_class_seen_and_resumes_it(tmp_path)
     train = stream[0].train
     first = np.flatnonzero(train.labels.any(axis=0))
     assert prior.n_classes == len(first)
-    assert prior.weight == 1.0
+    assert prior.weights == {"image": 1.0, "text": 1.0}
     np.testing.assert_array_equal(prior.codes.numpy(), trainer._centers.centers[first])
     for row, c in enumerate(first):
         mean = train.image[train.labels[:, c] > 0].mean(axis=0)
@@ -265,3 +272,54 @@ def test_the_prior_changes_query_codes_only():
     x = stream[0].query.image
     assert with_prior.model.encode(x, "image") == without.model.encode(x, "image")
     assert with_prior.model.encode(x, "image", role="query") != without.model.encode(x, "image", role="query")
+
+
+def test_one_weight_per_modality():
+    model = _model_with_prior(weight={"image": 0.7, "text": 0.0})
+    x_image, x_text = torch.randn(9, 6), torch.randn(9, 4)
+    with torch.no_grad():
+        h = F.normalize(model.hasher.logits(model._z(x_image, "image"), "image"), dim=1)
+        expected = torch.where(h + 0.7 * model.class_prior(x_image, "image", n_bits=8) >= 0, 1.0, -1.0)
+    np.testing.assert_array_equal(model.encode(x_image, "image", role="query").to_signs(), expected.numpy())
+    assert model.encode(x_text, "text", role="query") == model.encode(x_text, "text")  # text weight 0: heads alone
+
+
+def test_per_modality_weights_are_saved(tmp_path):
+    model = _model_with_prior(weight={"image": 1.0, "text": 0.5})
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["class_prior"]["weight"] == {
+        "image": 1.0,
+        "text": 0.5,
+    }
+    loaded = CrossModalHashModel.from_pretrained(tmp_path / "m")
+    assert loaded.class_prior.weights == {"image": 1.0, "text": 0.5}
+    x = torch.randn(5, 6)
+    assert loaded.encode(x, "image", role="query") == model.encode(x, "image", role="query")
+
+
+def test_the_trainer_takes_one_weight_per_modality():
+    stream = synthetic_stream(n_tasks=1, seed=1, multi_label=False)
+    trainer = _trainer(stream, prior={"image": 1.0, "text": 0.0})
+    trainer.fit_task(stream[0])
+    assert trainer.model.class_prior.weights == {"image": 1.0, "text": 0.0}
+    assert trainer.model.class_prior.active
+    assert TrainerConfig.from_dict(trainer.config.to_dict()).class_prior == {"image": 1.0, "text": 0.0}
+
+
+def test_the_command_line_takes_one_or_two_weights():
+    from pbeh.cli._arguments import build_parser
+    from pbeh.cli._setup import UserError
+    from pbeh.cli._train import _class_prior
+
+    parser = build_parser()
+    assert _class_prior(parser.parse_args(["train", "--protocol", "synthetic", "--out", "r"]).class_prior) == 0.5
+    assert (
+        _class_prior(
+            parser.parse_args(["train", "--protocol", "synthetic", "--out", "r", "--class-prior", "1"]).class_prior
+        )
+        == 1
+    )
+    two = parser.parse_args(["train", "--protocol", "synthetic", "--out", "r", "--class-prior", "1", "0.5"]).class_prior
+    assert _class_prior(two) == {"image": 1.0, "text": 0.5}
+    with pytest.raises(UserError, match="--class-prior: expected one weight or two"):
+        _class_prior([1.0, 0.5, 0.2])

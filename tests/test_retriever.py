@@ -89,7 +89,7 @@ def test_add_assigns_the_next_free_ids_and_one_modality_alone(trained, stream):
     assert start not in trained.image_index
     hits = trained.search(image_features=stream[2].database.image[0], k=len(trained.text_index))
     assert set(ids.tolist()) <= set(hits.ids.tolist())
-    trained.model.class_prior.weight = 0.0  # without the class prior a query's code is its stored code
+    trained.model.class_prior.weights["text"] = 0.0  # without the class prior a query's code is its stored code
     same_side = trained.search(text_features=stream[2].database.text[0], k=len(trained.text_index), target="text")
     assert start in same_side.ids[same_side.scores == same_side.scores[0]]  # its own text is among the closest
 

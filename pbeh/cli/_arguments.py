@@ -196,11 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--class-prior",
         type=float,
-        default=config_default("class_prior"),
+        nargs="+",
+        default=[config_default("class_prior")],
         metavar="WEIGHT",
         help="weight of the class prior in query codes (the class centre that the frozen features' per-class means "
-        "point to, added to the heads' output, so queries of old classes are not pulled to the newest ones); needs "
-        "the class-centre term; 0 switches it off (default: %(default)s)",
+        "point to, added to the heads' output, so queries of old classes are not pulled to the newest ones): one "
+        "weight for both modalities, or two: image queries, then text queries (1 0.5 favours old image queries on "
+        "Wikipedia-5); needs the class-centre term; 0 switches it off (default: %(default)s)",
     )
     train.add_argument(
         "--prototype-noise",

@@ -68,7 +68,7 @@ def train_in_process(args: argparse.Namespace, progress: dict[str, bool], ctx: A
             seed=args.seed,
             prototype_replay=args.prototype_replay,
             prototype_noise=args.prototype_noise,
-            class_prior=args.class_prior,
+            class_prior=_class_prior(args.class_prior),
             later_task_head_lr_scale=args.head_lr_scale,
             similarity_target=args.similarity_target,
             lr_fan_in=None if args.lr_fan_in == 0 else args.lr_fan_in,
@@ -189,3 +189,12 @@ def extension_rule(args: argparse.Namespace) -> Any:
         return make_extension_policy(args.extension_rule, rho=args.rho, delta=args.delta)
     except (TypeError, ValueError) as exc:
         raise UserError(f"--extension-rule {args.extension_rule}: {exc}") from exc
+
+
+def _class_prior(values: list[float]) -> float | dict[str, float]:
+    """``--class-prior``: one weight for both modalities, or the image and then the text weight."""
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return {"image": values[0], "text": values[1]}
+    raise UserError(f"--class-prior: expected one weight or two (image, text), got {len(values)}: {values}")

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..centers import ClassCenters
+from ..class_prior import prior_weights
 from ..data import Task
 from ..index import TruncatedHammingIndex
 from ..losses import LossWeights, anchor_loss, center_loss, label_similarity, pbeh_loss, stored_code_loss
@@ -88,9 +89,11 @@ class TrainerObjective:
     def _fit_class_prior(self) -> None:
         """Fit the model's class prior (:mod:`pbeh.class_prior`) to every class seen so far, this task's included.
 
-        Off (left empty) when ``TrainerConfig.class_prior`` is 0 or there are no class centres to aim at.
+        Off (left empty) when ``TrainerConfig.class_prior`` is 0 for both modalities or there are no class centres to
+        aim at.
         """
-        if self.config.class_prior <= 0 or self._centers is None or self.loss_weights.class_centers <= 0:
+        weights = prior_weights(self.config.class_prior, "class_prior")
+        if not any(w > 0 for w in weights.values()) or self._centers is None or self.loss_weights.class_centers <= 0:
             return
         seen = ClassPrototypes.concatenate(self._prototypes)
         classes, which = np.unique(seen.classes, return_inverse=True)
@@ -104,7 +107,7 @@ class TrainerObjective:
             var = np.zeros_like(means[modality])
             np.add.at(var, which, std.astype(np.float64) ** 2)
             stds[modality] = np.sqrt(var / counts)
-        self.model.class_prior.fit(means, stds, self._centers.centers[classes], weight=self.config.class_prior)
+        self.model.class_prior.fit(means, stds, self._centers.centers[classes], weight=weights)
 
     def _stored_targets(self, t: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """±1 stored image and text codes (at their own lengths) and labels of a seeded sample of each earlier
