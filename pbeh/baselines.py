@@ -19,8 +19,7 @@ comparison isolates what each part is worth:
                           settings are :meth:`TrainerConfig.reference` and heads of 4096).
 ``"fixed-length"``        pbeh's defaults, never extend.
 ``"finetune"``            no prompt context, no anchor, no stored-code term, no class centres (and so no class
-                          prior): heads fine-tuned task
-                          after task, never extended.
+                          prior): heads fine-tuned task after task, never extended.
 ``"joint"``               all tasks' training data at once (the upper bound; not continual).
 ========================  ==================================================================================
 """

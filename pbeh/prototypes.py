@@ -106,6 +106,22 @@ class ClassPrototypes:
             **{key: np.concatenate([getattr(p, key) for p in parts]) for key in _KEYS[1:]},
         )
 
+    def merged(self) -> ClassPrototypes:
+        """One row per class, in ascending class order: a class present in several rows (several tasks) gets the mean
+        of their means and the root mean of their variances."""
+        classes, which = np.unique(self.classes, return_inverse=True)
+        counts = np.bincount(which, minlength=len(classes)).astype(np.float64)[:, None]
+        stats = {}
+        for modality in ("image", "text"):
+            mean, std = getattr(self, f"{modality}_mean"), getattr(self, f"{modality}_std")
+            total = np.zeros((len(classes), mean.shape[1]))
+            np.add.at(total, which, mean)
+            var = np.zeros_like(total)
+            np.add.at(var, which, std.astype(np.float64) ** 2)
+            stats[f"{modality}_mean"] = (total / counts).astype(np.float32)
+            stats[f"{modality}_std"] = np.sqrt(var / counts).astype(np.float32)
+        return type(self)(classes.astype(np.int64), n_classes=self.n_classes, **stats)
+
     def sample(
         self, n: int, rng: np.random.Generator, *, noise: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

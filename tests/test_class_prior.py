@@ -323,3 +323,30 @@ def test_the_command_line_takes_one_or_two_weights():
     assert _class_prior(two) == {"image": 1.0, "text": 0.5}
     with pytest.raises(UserError, match="--class-prior: expected one weight or two"):
         _class_prior([1.0, 0.5, 0.2])
+
+
+def test_merged_prototypes_match_a_per_class_loop():
+    from pbeh.prototypes import ClassPrototypes
+
+    rng = np.random.default_rng(5)
+
+    def draw(n: int, width: int, spread: bool) -> np.ndarray:
+        values = rng.uniform(0.1, 1, (n, width)) if spread else rng.normal(size=(n, width))
+        return values.astype(np.float32)
+
+    parts = [
+        ClassPrototypes(np.array(c), draw(len(c), 3, False), draw(len(c), 3, True), draw(len(c), 2, False),
+                        draw(len(c), 2, True), n_classes=5)
+        for c in ([0, 2], [2, 3], [3, 2])
+    ]  # fmt: skip
+    every = ClassPrototypes.concatenate(parts)
+    merged = every.merged()
+    assert merged.classes.tolist() == [0, 2, 3]
+    for row, c in enumerate(merged.classes):
+        rows = every.classes == c
+        for m in ("image", "text"):
+            np.testing.assert_allclose(
+                getattr(merged, f"{m}_mean")[row], getattr(every, f"{m}_mean")[rows].mean(0), rtol=1e-6
+            )
+            expected_std = np.sqrt((getattr(every, f"{m}_std")[rows].astype(np.float64) ** 2).mean(0))
+            np.testing.assert_allclose(getattr(merged, f"{m}_std")[row], expected_std, rtol=1e-6)

@@ -95,19 +95,13 @@ class TrainerObjective:
         weights = prior_weights(self.config.class_prior, "class_prior")
         if not any(w > 0 for w in weights.values()) or self._centers is None or self.loss_weights.class_centers <= 0:
             return
-        seen = ClassPrototypes.concatenate(self._prototypes)
-        classes, which = np.unique(seen.classes, return_inverse=True)
-        counts = np.bincount(which, minlength=len(classes)).astype(np.float64)[:, None]
-        means, stds = {}, {}
-        for modality in ("image", "text"):  # a class seen in several tasks: the mean of its tasks' statistics
-            mean, std = getattr(seen, f"{modality}_mean"), getattr(seen, f"{modality}_std")
-            means[modality] = np.zeros((len(classes), mean.shape[1]))
-            np.add.at(means[modality], which, mean)
-            means[modality] /= counts
-            var = np.zeros_like(means[modality])
-            np.add.at(var, which, std.astype(np.float64) ** 2)
-            stds[modality] = np.sqrt(var / counts)
-        self.model.class_prior.fit(means, stds, self._centers.centers[classes], weight=weights)
+        seen = ClassPrototypes.concatenate(self._prototypes).merged()  # a class seen in several tasks: one row
+        self.model.class_prior.fit(
+            {"image": seen.image_mean, "text": seen.text_mean},
+            {"image": seen.image_std, "text": seen.text_std},
+            self._centers.centers[seen.classes],
+            weight=weights,
+        )
 
     def _stored_targets(self, t: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """±1 stored image and text codes (at their own lengths) and labels of a seeded sample of each earlier
