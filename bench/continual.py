@@ -160,6 +160,9 @@ def main() -> int:
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[2025, 2026, 2027], help="averaged per cell")
     parser.add_argument("--epochs", type=int, default=None, help="default: TrainerConfig's")
+    parser.add_argument(
+        "--prototype-clusters", type=int, default=TrainerConfig().prototype_clusters, help="replay groups per old class"
+    )
     parser.add_argument("--hidden", type=int, nargs="+", default=None, help="default: for_stream's")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see docs on threads and speed)")
     parser.add_argument("--json", type=Path, default=None, help="append every run's summary here (JSON lines)")
@@ -167,7 +170,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
     args = parser.parse_args()
 
-    config = TrainerConfig() if args.epochs is None else TrainerConfig(epochs=args.epochs)
+    config = TrainerConfig(
+        prototype_clusters=args.prototype_clusters, **({} if args.epochs is None else {"epochs": args.epochs})
+    )
     hidden = args.hidden or list(_default_hidden())
     header = [
         "# Continual benchmark results",
@@ -221,7 +226,7 @@ def _default_hidden() -> tuple[int, ...]:
 
 def _config_line(config: TrainerConfig) -> str:
     keys = ("epochs", "batch_size", "lr", "later_task_head_lr_scale", "prototype_replay", "samples_per_prompt",
-            "select_on", "ties", "class_prior")  # fmt: skip
+            "select_on", "ties", "class_prior", "prototype_clusters")  # fmt: skip
     return ", ".join(f"{k}={getattr(config, k)}" for k in keys)
 
 

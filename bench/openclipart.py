@@ -423,7 +423,9 @@ def run(args: argparse.Namespace) -> int:
     from pbeh.baselines import run_method
     from pbeh.trainer import TrainerConfig
 
-    config = TrainerConfig() if args.epochs is None else TrainerConfig(epochs=args.epochs)
+    config = TrainerConfig(
+        prototype_clusters=args.prototype_clusters, **({} if args.epochs is None else {"epochs": args.epochs})
+    )
     hidden = tuple(args.hidden or continual._default_hidden())
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     header = [
@@ -487,6 +489,12 @@ def main() -> int:
     p_run.add_argument("--seeds", type=int, nargs="+", default=[2025])
     p_run.add_argument("--split-seed", type=int, default=0, help="seeds the query split / the synthetic data")
     p_run.add_argument("--epochs", type=int, default=None, help="default: TrainerConfig's")
+    p_run.add_argument(
+        "--prototype-clusters",
+        type=int,
+        default=1,
+        help="replay groups per old class (TrainerConfig.prototype_clusters)",
+    )
     p_run.add_argument("--hidden", type=int, nargs="+", default=None, help="default: for_stream's")
     p_run.add_argument("--threads", type=int, default=1)
     p_run.add_argument("--json", type=Path, default=None, help="append every run's summary here (JSON lines)")

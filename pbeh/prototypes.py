@@ -2,10 +2,14 @@
 
 After a task, pbeh keeps for every class it saw the mean and the per-dimension standard deviation of its training
 items' features, per modality (``2 * n_classes * (D_image + D_text)`` floats in all, whatever the number of items).
-No item's features are kept. While later tasks train, :meth:`ClassPrototypes.sample` draws pseudo items of the old
-classes (mean plus Gaussian noise with the class's spread, scaled by ``noise``); the trainer puts them in every
-minibatch, where the stored-code term pins them to the codes stored for their class and the pairwise terms keep the
-new task's items away from them. That is what keeps an old task's *queries*, encoded by today's model, meeting the
+No item's features are kept. With ``clusters > 1`` it also keeps the same statistics for up to ``clusters`` groups
+of each class's items (seeded k-means on both modalities' standardised features, every group at least
+:data:`MIN_CLUSTER_ITEMS` items, so no statistic is an item's features), for replay only: a class whose items form
+several modes is then replayed as several Gaussians instead of one around a mean that may lie between them. While
+later tasks train, :meth:`ClassPrototypes.sample` draws pseudo items of the old classes (mean plus Gaussian noise with
+the class's, or the group's, spread, scaled by ``noise``); the trainer puts them in every minibatch, where the
+stored-code term pins them to the codes stored for their class and the pairwise terms keep the new task's items away
+from them. That is what keeps an old task's *queries*, encoded by today's model, meeting the
 codes stored for that task (see docs/design.md, "Search across the whole stream").
 
 Example:
@@ -22,14 +26,22 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-__all__ = ["ClassPrototypes"]
+from .prompts import kmeans
+
+__all__ = ["MIN_CLUSTER_ITEMS", "ClassPrototypes"]
 
 _KEYS = ("classes", "image_mean", "image_std", "text_mean", "text_std")
+_CLUSTERS = "clusters."  # key prefix of the per-group statistics in to_arrays / from_arrays
+
+MIN_CLUSTER_ITEMS = 8
+"""The fewest items a group of :meth:`ClassPrototypes.fit` (``clusters > 1``) may summarise."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,8 @@ class ClassPrototypes:
         image_mean, image_std: ``(n, D_image)`` float32.
         text_mean, text_std: ``(n, D_text)`` float32.
         n_classes: width of the global label space (for the pseudo items' multi-hot labels).
+        clusters: the per-group statistics (a class in several rows, one per group of its items) that :meth:`sample`
+            draws from instead of the per-class rows; ``None`` when fitted with ``clusters=1``.
     """
 
     classes: np.ndarray
@@ -49,6 +63,7 @@ class ClassPrototypes:
     text_mean: np.ndarray
     text_std: np.ndarray
     n_classes: int
+    clusters: ClassPrototypes | None = None
 
     def __post_init__(self) -> None:
         n = len(self.classes)
@@ -58,18 +73,35 @@ class ClassPrototypes:
                 raise ValueError(f"{key}: expected {n} rows (one per class), got shape {value.shape}")
         if n and (self.classes.min() < 0 or self.classes.max() >= self.n_classes):
             raise ValueError(f"classes: expected indices in [0, {self.n_classes}), got {self.classes.tolist()}")
+        if self.clusters is not None and (
+            self.clusters.clusters is not None
+            or self.clusters.n_classes != self.n_classes
+            or not np.isin(self.clusters.classes, self.classes).all()
+        ):
+            raise ValueError("clusters: expected flat per-group statistics of this set's classes")
 
     def __len__(self) -> int:
         return len(self.classes)
 
     @classmethod
     def fit(
-        cls, image: np.ndarray, text: np.ndarray, labels: np.ndarray, *, classes: Sequence[int] | None = None
+        cls,
+        image: np.ndarray,
+        text: np.ndarray,
+        labels: np.ndarray,
+        *,
+        classes: Sequence[int] | None = None,
+        clusters: int = 1,
+        seed: int = 0,
     ) -> ClassPrototypes:
         """Statistics of the items of every class present in ``labels`` (or of ``classes`` only).
 
         An item with several labels counts towards each of its classes. Classes without items are skipped.
+        ``clusters > 1`` adds :attr:`clusters`: each class's items split into at most ``clusters`` groups of at least
+        :data:`MIN_CLUSTER_ITEMS` items (one group when the class has fewer than twice that), seeded by ``seed``.
         """
+        if isinstance(clusters, bool) or not isinstance(clusters, (int, np.integer)) or clusters < 1:
+            raise ValueError(f"clusters: expected a positive int, got {clusters!r}")
         image = np.asarray(image, dtype=np.float32)
         text = np.asarray(text, dtype=np.float32)
         labels = np.asarray(labels) > 0
@@ -85,30 +117,41 @@ class ClassPrototypes:
             if not rows.any():
                 continue
             kept.append(int(c))
-            for modality, feats in (("image", image[rows]), ("text", text[rows])):
-                stats[f"{modality}_mean"].append(feats.mean(axis=0))
-                stats[f"{modality}_std"].append(feats.std(axis=0))
-        widths = {"image": image.shape[1], "text": text.shape[1]}
-        arrays = {
-            key: (np.stack(v).astype(np.float32) if v else np.zeros((0, widths[key.split("_")[0]]), np.float32))
-            for key, v in stats.items()
-        }
-        return cls(np.asarray(kept, dtype=np.int64), n_classes=labels.shape[1], **arrays)
+            _append_statistics(stats, image[rows], text[rows])
+        prototypes = cls(np.asarray(kept, dtype=np.int64), n_classes=labels.shape[1], **_stacked(stats, image, text))
+        if clusters == 1:
+            return prototypes
+        group_classes, group_stats = [], {key: [] for key in _KEYS[1:]}
+        for c in kept:
+            rows = np.flatnonzero(labels[:, c])
+            for group in _groups(image[rows], text[rows], int(clusters), seed=int(seed) * 100_003 + c):
+                group_classes.append(c)
+                _append_statistics(group_stats, image[rows[group]], text[rows[group]])
+        groups = cls(
+            np.asarray(group_classes, dtype=np.int64), n_classes=labels.shape[1], **_stacked(group_stats, image, text)
+        )
+        return dataclasses.replace(prototypes, clusters=groups)
 
     @classmethod
     def concatenate(cls, parts: Sequence[ClassPrototypes]) -> ClassPrototypes:
         """The prototypes of several tasks together (a class present in two parts appears twice)."""
         if not parts:
             raise ValueError("parts: expected at least one ClassPrototypes")
-        return cls(
+        joined = cls(
             np.concatenate([p.classes for p in parts]),
             n_classes=parts[0].n_classes,
             **{key: np.concatenate([getattr(p, key) for p in parts]) for key in _KEYS[1:]},
         )
+        if all(p.clusters is None for p in parts):
+            return joined
+        # A part without groups takes part in the replay with its per-class rows.
+        return dataclasses.replace(
+            joined, clusters=cls.concatenate([p.clusters if p.clusters is not None else p for p in parts])
+        )
 
     def merged(self) -> ClassPrototypes:
         """One row per class, in ascending class order: a class present in several rows (several tasks) gets the mean
-        of their means and the root mean of their variances."""
+        of their means and the root mean of their variances. The per-group statistics are dropped."""
         classes, which = np.unique(self.classes, return_inverse=True)
         counts = np.bincount(which, minlength=len(classes)).astype(np.float64)[:, None]
         stats = {}
@@ -125,10 +168,15 @@ class ClassPrototypes:
     def sample(
         self, n: int, rng: np.random.Generator, *, noise: float = 1.0
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``n`` pseudo items: a class drawn uniformly, then ``mean + noise * std * N(0, 1)`` per modality.
+        """``n`` pseudo items: a row drawn uniformly, then ``mean + noise * std * N(0, 1)`` per modality.
+
+        A row is a class of a task, or with :attr:`clusters` a group of a class (a class of many items, split into
+        more groups, is then drawn more often).
 
         Returns ``(image, text, labels)``: float32 features and one-hot labels over the global label space.
         """
+        if self.clusters is not None:
+            return self.clusters.sample(n, rng, noise=noise)
         if not len(self):
             raise ValueError("sample: these prototypes hold no class")
         which = rng.integers(0, len(self), size=n)
@@ -141,8 +189,11 @@ class ClassPrototypes:
         return out[0], out[1], labels
 
     def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        """Flat arrays for a safetensors file (keys ``prefix + name``)."""
-        return {prefix + key: np.ascontiguousarray(getattr(self, key)) for key in _KEYS}
+        """Flat arrays for a safetensors file (keys ``prefix + name``; the groups under ``prefix + "clusters."``)."""
+        arrays = {prefix + key: np.ascontiguousarray(getattr(self, key)) for key in _KEYS}
+        if self.clusters is not None:
+            arrays.update(self.clusters.to_arrays(prefix + _CLUSTERS))
+        return arrays
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str, n_classes: int) -> ClassPrototypes:
@@ -150,8 +201,54 @@ class ClassPrototypes:
         missing = [prefix + key for key in _KEYS if prefix + key not in arrays]
         if missing:
             raise KeyError(f"prototype arrays missing: {missing}")
+        groups = None  # absent in states saved without groups (or before they existed)
+        if prefix + _CLUSTERS + "classes" in arrays:
+            groups = cls.from_arrays(arrays, prefix + _CLUSTERS, n_classes)
         return cls(
             np.asarray(arrays[prefix + "classes"], dtype=np.int64),
             n_classes=int(n_classes),
+            clusters=groups,
             **{key: np.asarray(arrays[prefix + key], dtype=np.float32) for key in _KEYS[1:]},
         )
+
+
+def _append_statistics(stats: dict[str, list[np.ndarray]], image: np.ndarray, text: np.ndarray) -> None:
+    for modality, feats in (("image", image), ("text", text)):
+        stats[f"{modality}_mean"].append(feats.mean(axis=0))
+        stats[f"{modality}_std"].append(feats.std(axis=0))
+
+
+def _stacked(stats: dict[str, list[np.ndarray]], image: np.ndarray, text: np.ndarray) -> dict[str, np.ndarray]:
+    widths = {"image": image.shape[1], "text": text.shape[1]}
+    return {
+        key: (np.stack(v).astype(np.float32) if v else np.zeros((0, widths[key.split("_")[0]]), np.float32))
+        for key, v in stats.items()
+    }
+
+
+def _groups(image: np.ndarray, text: np.ndarray, clusters: int, *, seed: int) -> list[np.ndarray]:
+    """One class's items (rows) split into at most ``clusters`` groups of at least :data:`MIN_CLUSTER_ITEMS`.
+
+    k-means on the features standardised per dimension (over the class) and per modality (each modality's squared
+    distances divided by its width, so both weigh alike); then, while a group is too small, its centroid is dropped
+    and the items go to the nearest remaining one.
+    """
+    n = len(image)
+    k = min(clusters, n // MIN_CLUSTER_ITEMS)
+    if k <= 1:
+        return [np.arange(n)]
+    parts = []
+    for feats in (image, text):
+        feats = feats.astype(np.float64)
+        parts.append((feats - feats.mean(axis=0)) / (feats.std(axis=0) + 1e-12) / np.sqrt(feats.shape[1]))
+    x = torch.from_numpy(np.concatenate(parts, axis=1))
+    centroids = kmeans(x, k, seed=seed)
+    while True:
+        assign = torch.cdist(x, centroids).argmin(dim=1)
+        counts = torch.bincount(assign, minlength=len(centroids))
+        smallest = int(counts.argmin())
+        if int(counts[smallest]) >= MIN_CLUSTER_ITEMS or len(centroids) == 1:
+            break
+        centroids = torch.cat([centroids[:smallest], centroids[smallest + 1 :]])
+    assign_np = assign.numpy()
+    return [np.flatnonzero(assign_np == j) for j in range(len(centroids))]

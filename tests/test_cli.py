@@ -173,6 +173,7 @@ def test_train_defaults_are_the_library_defaults():
     assert args.threads == 1
     if hasattr(config, "prototype_replay"):
         assert args.prototype_replay == config.prototype_replay
+    assert args.prototype_clusters == config.prototype_clusters
     from pbeh.baselines import METHODS
 
     (method,) = [a for a in _subparsers(_parser())["train"]._actions if a.dest == "method"]

@@ -212,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     train.add_argument(
+        "--prototype-clusters",
+        type=int,
+        default=config_default("prototype_clusters"),
+        metavar="K",
+        help="replay each old class from up to K groups of its items (k-means, at least 8 items a group; no item's "
+        "features are kept) instead of one mean and spread; 1: one per class (default: %(default)s)",
+    )
+    train.add_argument(
         "--head-lr-scale",
         type=float,
         default=config_default("later_task_head_lr_scale"),

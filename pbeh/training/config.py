@@ -85,6 +85,10 @@ class TrainerConfig:
         prototype_noise: the pseudo items' spread around their class mean, in units of the class's per-dimension
             standard deviation (Wikipedia-5, 32 bits, one seed, unified mAP I→T/T→I: 0.5 gave 0.283/0.638, 1.0
             0.260/0.616, 2.0 0.248/0.574).
+        prototype_clusters: replay each old class from up to this many groups of its items (seeded k-means, at least
+            :data:`~pbeh.prototypes.MIN_CLUSTER_ITEMS` items a group; no item's features are kept) instead of one
+            Gaussian around the class mean; 1 keeps one per class. The class prior always uses the per-class
+            statistics.
         lr_fan_in: weight matrices with more inputs than this train at ``lr * lr_fan_in / fan_in``
             (``None``: every weight at ``lr``). AdamW's step moves a unit's input by about ``lr`` times the L1 norm of
             its inputs, so at a fixed lr wide inputs take large, common-mode steps: on MIRFLICKR730's 1024-d features
@@ -129,6 +133,7 @@ class TrainerConfig:
     prototype_replay: int = 128
     lr_fan_in: int | None = 256
     prototype_noise: float = 0.5
+    prototype_clusters: int = 1
     class_prior: float | dict[str, float] = 0.5
 
     def __post_init__(self) -> None:
@@ -154,7 +159,14 @@ class TrainerConfig:
         ):
             raise ValueError(f"prototype_noise: expected a finite number >= 0, got {self.prototype_noise!r}")
         prior_weights(self.class_prior, "class_prior")
-        for name in ("epochs", "batch_size", "eval_every", "samples_per_prompt", "stored_codes_per_task"):
+        for name in (
+            "epochs",
+            "batch_size",
+            "eval_every",
+            "samples_per_prompt",
+            "stored_codes_per_task",
+            "prototype_clusters",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")

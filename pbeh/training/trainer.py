@@ -316,7 +316,11 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
             self._prepare_centers(task)
         # The task's class statistics (features only, no item kept): replay for later tasks, and the class prior
         # of every query encoded from here on (the task's evaluation included).
-        self._prototypes.append(ClassPrototypes.fit(task.train.image, task.train.text, task.train.labels))
+        self._prototypes.append(
+            ClassPrototypes.fit(
+                task.train.image, task.train.text, task.train.labels, clusters=cfg.prototype_clusters, seed=cfg.seed + t
+            )
+        )
         self._fit_class_prior()
 
         if cfg.select_on == "validation":
