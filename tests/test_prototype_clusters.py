@@ -138,3 +138,28 @@ def test_the_command_line_sets_the_groups(tmp_path, capsys):
     loaded = ContinualTrainer.load(checkpoint_state_dir(tmp_path / "run"))
     assert loaded.config.prototype_clusters == 2
     assert all(p.clusters is not None for p in loaded._prototypes)
+
+
+def test_a_damaged_group_table_is_a_format_error(tmp_path):
+    from pbeh.serialization import FormatError, load_safetensors, save_safetensors
+
+    stream = synthetic_stream(n_tasks=1, seed=4)
+    trainer = _trainer(stream, prototype_clusters=2)
+    trainer.fit(stream)
+    trainer.save(tmp_path / "state")
+    path = tmp_path / "state" / "trainer_state.safetensors"
+    arrays, _ = load_safetensors(path, kind="trainer_state", format_version=1)
+    arrays = {k: v.copy() for k, v in arrays.items()}
+    good = dict(arrays)
+    for key, value, message in (
+        ("prototypes.0.clusters.classes", lambda a: np.full_like(a, -1), "classes: expected indices in"),
+        ("prototypes.0.clusters.image_mean", lambda a: a[:-1], "image_mean: expected .* rows"),
+        ("prototypes.0.classes", lambda a: a[:1], "clusters: expected flat per-group statistics of this set's"),
+    ):
+        damaged = {**good, key: value(good[key])}
+        if key == "prototypes.0.classes":  # keep the per-class rows consistent: only the groups name other classes
+            damaged = {**damaged, **{k: good[k][:1] for k in good if k.startswith("prototypes.0.") and "_" in k
+                                     and "clusters" not in k}}  # fmt: skip
+        save_safetensors(path, damaged, kind="trainer_state", format_version=1)
+        with pytest.raises(FormatError, match=f"damaged or inconsistent: ValueError: {message}"):
+            ContinualTrainer.load(tmp_path / "state")
