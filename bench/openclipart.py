@@ -423,9 +423,8 @@ def run(args: argparse.Namespace) -> int:
     from pbeh.baselines import run_method
     from pbeh.trainer import TrainerConfig
 
-    config = TrainerConfig(
-        prototype_clusters=args.prototype_clusters, **({} if args.epochs is None else {"epochs": args.epochs})
-    )
+    overrides = {"epochs": args.epochs, "prototype_clusters": args.prototype_clusters}
+    config = TrainerConfig(**{k: v for k, v in overrides.items() if v is not None})
     hidden = tuple(args.hidden or continual._default_hidden())
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     header = [
@@ -492,8 +491,8 @@ def main() -> int:
     p_run.add_argument(
         "--prototype-clusters",
         type=int,
-        default=1,
-        help="replay groups per old class (TrainerConfig.prototype_clusters)",
+        default=None,
+        help="replay groups per old class (default: TrainerConfig.prototype_clusters)",
     )
     p_run.add_argument("--hidden", type=int, nargs="+", default=None, help="default: for_stream's")
     p_run.add_argument("--threads", type=int, default=1)
