@@ -172,9 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--prototype-replay",
         type=int,
         default=config_default("prototype_replay"),
-        help="pseudo items of earlier tasks' classes (drawn from per-class feature means and spreads) added to every "
-        "minibatch from the second task on, so old queries keep meeting their stored codes; 0 switches it off "
-        "(default: %(default)s)",
+        help="pseudo items of earlier tasks' classes (drawn from the feature means and spreads of groups of each "
+        "class's items) added to every minibatch from the second task on, so old queries keep meeting their stored "
+        "codes; 0 switches it off (default: %(default)s)",
     )
     train.add_argument(
         "--class-centers",

@@ -78,10 +78,11 @@ class TrainerConfig:
         seed: seeds the minibatch order and the validation split (the model has its own seed).
         show_progress: a progress bar over epochs.
         prototype_replay: pseudo items of earlier tasks' classes added to every minibatch from the second task on,
-            drawn from :class:`~pbeh.prototypes.ClassPrototypes` (per-class feature means and spreads kept after each
-            task; no item's features are kept). The loss terms then see old classes too: the stored-code term pins
-            them to the codes stored for their class, so old tasks' queries keep meeting their stored codes, and
-            the pairwise terms keep new items away from them. 0 switches it off.
+            drawn from :class:`~pbeh.prototypes.ClassPrototypes` (feature means and spreads of each class, or of
+            groups of its items (``prototype_clusters``), kept after each task; no item's features are kept). The
+            loss terms then see old classes too: the stored-code term pins them to the codes stored for their class,
+            so old tasks' queries keep meeting their stored codes, and the pairwise terms keep new items away from
+            them. 0 switches it off.
         prototype_noise: the pseudo items' spread around their class mean, in units of the class's per-dimension
             standard deviation (Wikipedia-5, 32 bits, one seed, unified mAP I→T/T→I: 0.5 gave 0.283/0.638, 1.0
             0.260/0.616, 2.0 0.248/0.574).
