@@ -226,29 +226,48 @@ def _stacked(stats: dict[str, list[np.ndarray]], image: np.ndarray, text: np.nda
     }
 
 
+_GROUP_ROWS = 8192  # a class with more items is standardised, clustered and assigned in blocks of this many rows
+
+
 def _groups(image: np.ndarray, text: np.ndarray, clusters: int, *, seed: int) -> list[np.ndarray]:
     """One class's items (rows) split into at most ``clusters`` groups of at least :data:`MIN_CLUSTER_ITEMS`.
 
     k-means on the features standardised per dimension (over the class) and per modality (each modality's squared
     distances divided by its width, so both weigh alike); then, while a group is too small, its centroid is dropped
-    and the items go to the nearest remaining one.
+    and the items go to the nearest remaining one. A class of more than ``_GROUP_ROWS`` items is clustered on a seeded
+    sample of that many and assigned block by block, so memory stays bounded whatever the class's size.
     """
     n = len(image)
     k = min(clusters, n // MIN_CLUSTER_ITEMS)
     if k <= 1:
         return [np.arange(n)]
-    parts = []
-    for feats in (image, text):
-        feats = feats.astype(np.float64)
-        parts.append((feats - feats.mean(axis=0)) / (feats.std(axis=0) + 1e-12) / np.sqrt(feats.shape[1]))
-    x = torch.from_numpy(np.concatenate(parts, axis=1))
-    centroids = kmeans(x, k, seed=seed)
+    if n <= _GROUP_ROWS:
+        stats = [(f.astype(np.float64).mean(axis=0), f.astype(np.float64).std(axis=0)) for f in (image, text)]
+    else:  # per-dimension moments without a float64 copy of the whole class
+        stats = [(f.mean(axis=0, dtype=np.float64), f.std(axis=0, dtype=np.float64)) for f in (image, text)]
+
+    def standardised(rows: slice | np.ndarray) -> torch.Tensor:
+        parts = [
+            (f[rows].astype(np.float64) - mean) / (std + 1e-12) / np.sqrt(f.shape[1])
+            for f, (mean, std) in zip((image, text), stats, strict=True)
+        ]
+        return torch.from_numpy(np.concatenate(parts, axis=1))
+
+    if n <= _GROUP_ROWS:
+        sample = slice(None)
+    else:
+        sample = np.sort(np.random.default_rng(seed).choice(n, _GROUP_ROWS, replace=False))
+    centroids = kmeans(standardised(sample), k, seed=seed)
     while True:
-        assign = torch.cdist(x, centroids).argmin(dim=1)
-        counts = torch.bincount(assign, minlength=len(centroids))
+        assign = np.concatenate(
+            [
+                torch.cdist(standardised(slice(start, start + _GROUP_ROWS)), centroids).argmin(dim=1).numpy()
+                for start in range(0, n, _GROUP_ROWS)
+            ]
+        )
+        counts = np.bincount(assign, minlength=len(centroids))
         smallest = int(counts.argmin())
         if int(counts[smallest]) >= MIN_CLUSTER_ITEMS or len(centroids) == 1:
             break
         centroids = torch.cat([centroids[:smallest], centroids[smallest + 1 :]])
-    assign_np = assign.numpy()
-    return [np.flatnonzero(assign_np == j) for j in range(len(centroids))]
+    return [np.flatnonzero(assign == j) for j in range(len(centroids))]

@@ -163,3 +163,21 @@ def test_a_damaged_group_table_is_a_format_error(tmp_path):
         save_safetensors(path, damaged, kind="trainer_state", format_version=1)
         with pytest.raises(FormatError, match=f"damaged or inconsistent: ValueError: {message}"):
             ContinualTrainer.load(tmp_path / "state")
+
+
+def test_a_large_class_is_grouped_in_bounded_blocks(monkeypatch):
+    import pbeh.prototypes as prototypes
+
+    rng = np.random.default_rng(6)
+    image = rng.normal(size=(1000, 16)).astype(np.float32)
+    text = rng.normal(size=(1000, 8)).astype(np.float32)
+    image[:300] += 6.0  # a mode of 300 items
+    monkeypatch.setattr(prototypes, "_GROUP_ROWS", 128)  # k-means on a 128-row sample, assignment in 8 blocks
+    groups = prototypes._groups(image, text, 4, seed=1)
+    assert np.array_equal(np.sort(np.concatenate(groups)), np.arange(1000))
+    assert min(len(g) for g in groups) >= MIN_CLUSTER_ITEMS
+    far = [g for g in groups if (g < 300).all()]
+    assert sum(len(g) for g in far) == 300  # the mode is split from the rest, never mixed with it
+    fitted = ClassPrototypes.fit(image, text, np.ones((1000, 1)), clusters=4, seed=0).clusters
+    sizes = sorted(len(g) for g in prototypes._groups(image, text, 4, seed=0))
+    assert len(fitted) == len(sizes)
