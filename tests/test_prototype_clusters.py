@@ -25,12 +25,6 @@ def _two_mode_class(rng, n_per_mode=20):
     return image, text, labels
 
 
-def _group_rows(image, text, group_mean_image):
-    """Which items a group summarises: those whose image features average to the group's mean (brute force over
-    the nearest-mean partition of the two modes)."""
-    return [np.flatnonzero(np.linalg.norm(image - m, axis=1) < 1.0) for m in group_mean_image]
-
-
 def test_groups_find_the_modes_and_keep_the_per_class_rows():
     image, text, labels = _two_mode_class(np.random.default_rng(0))
     plain = ClassPrototypes.fit(image, text, labels)
