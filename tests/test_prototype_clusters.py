@@ -175,3 +175,10 @@ def test_a_large_class_is_grouped_in_bounded_blocks(monkeypatch):
     fitted = ClassPrototypes.fit(image, text, np.ones((1000, 1)), clusters=4, seed=0).clusters
     sizes = sorted(len(g) for g in prototypes._groups(image, text, 4, seed=0))
     assert len(fitted) == len(sizes)
+
+
+def test_no_groups_are_fitted_without_replay():
+    stream = synthetic_stream(n_tasks=1, seed=5)
+    trainer = _trainer(stream, prototype_clusters=3, prototype_replay=0)
+    trainer.fit(stream)
+    assert trainer._prototypes[0].clusters is None

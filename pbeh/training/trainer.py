@@ -316,9 +316,11 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
             self._prepare_centers(task)
         # The task's class statistics (features only, no item kept): replay for later tasks, and the class prior
         # of every query encoded from here on (the task's evaluation included).
+        # Groups serve replay only: without replay they would be fitted for nothing.
+        clusters = cfg.prototype_clusters if cfg.prototype_replay else 1
         self._prototypes.append(
             ClassPrototypes.fit(
-                task.train.image, task.train.text, task.train.labels, clusters=cfg.prototype_clusters, seed=cfg.seed + t
+                task.train.image, task.train.text, task.train.labels, clusters=clusters, seed=cfg.seed + t
             )
         )
         self._fit_class_prior()
