@@ -161,7 +161,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[2025, 2026, 2027], help="averaged per cell")
     parser.add_argument("--epochs", type=int, default=None, help="default: TrainerConfig's")
     parser.add_argument(
-        "--prototype-clusters", type=int, default=TrainerConfig().prototype_clusters, help="replay groups per old class"
+        "--prototype-clusters", type=int, default=None, help="replay groups per old class (default: TrainerConfig's)"
     )
     parser.add_argument("--hidden", type=int, nargs="+", default=None, help="default: for_stream's")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see docs on threads and speed)")
@@ -170,9 +170,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the tables as markdown here")
     args = parser.parse_args()
 
-    config = TrainerConfig(
-        prototype_clusters=args.prototype_clusters, **({} if args.epochs is None else {"epochs": args.epochs})
-    )
+    config = config_from_args(args)
     hidden = args.hidden or list(_default_hidden())
     header = [
         "# Continual benchmark results",
@@ -222,6 +220,12 @@ def _default_hidden() -> tuple[int, ...]:
     import inspect
 
     return tuple(inspect.signature(ContinualTrainer.for_stream).parameters["hidden_dims"].default)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainerConfig:
+    """pbeh's defaults with the benchmark's ``--epochs`` and ``--prototype-clusters`` where given."""
+    overrides = {"epochs": args.epochs, "prototype_clusters": args.prototype_clusters}
+    return TrainerConfig(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _config_line(config: TrainerConfig) -> str:

@@ -421,10 +421,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from pbeh.baselines import run_method
-    from pbeh.trainer import TrainerConfig
 
-    overrides = {"epochs": args.epochs, "prototype_clusters": args.prototype_clusters}
-    config = TrainerConfig(**{k: v for k, v in overrides.items() if v is not None})
+    config = continual.config_from_args(args)
     hidden = tuple(args.hidden or continual._default_hidden())
     command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     header = [
