@@ -163,6 +163,12 @@ def main() -> int:
     parser.add_argument(
         "--prototype-clusters", type=int, default=None, help="replay groups per old class (default: TrainerConfig's)"
     )
+    parser.add_argument(
+        "--replay-spread",
+        choices=["translated", "gaussian"],
+        default=None,
+        help="how pseudo items vary around their class mean (default: TrainerConfig's)",
+    )
     parser.add_argument("--hidden", type=int, nargs="+", default=None, help="default: for_stream's")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: see docs on threads and speed)")
     parser.add_argument("--json", type=Path, default=None, help="append every run's summary here (JSON lines)")
@@ -223,14 +229,19 @@ def _default_hidden() -> tuple[int, ...]:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainerConfig:
-    """pbeh's defaults with the benchmark's ``--epochs`` and ``--prototype-clusters`` where given."""
-    overrides = {"epochs": args.epochs, "prototype_clusters": args.prototype_clusters}
+    """pbeh's defaults with the benchmark's ``--epochs``, ``--prototype-clusters`` and ``--replay-spread`` where
+    given."""
+    overrides = {
+        "epochs": args.epochs,
+        "prototype_clusters": args.prototype_clusters,
+        "replay_spread": args.replay_spread,
+    }
     return TrainerConfig(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _config_line(config: TrainerConfig) -> str:
     keys = ("epochs", "batch_size", "lr", "later_task_head_lr_scale", "prototype_replay", "samples_per_prompt",
-            "select_on", "ties", "class_prior", "prototype_clusters")  # fmt: skip
+            "select_on", "ties", "class_prior", "prototype_clusters", "replay_spread")  # fmt: skip
     return ", ".join(f"{k}={getattr(config, k)}" for k in keys)
 
 

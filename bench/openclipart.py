@@ -492,6 +492,12 @@ def main() -> int:
         default=None,
         help="replay groups per old class (default: TrainerConfig.prototype_clusters)",
     )
+    p_run.add_argument(
+        "--replay-spread",
+        choices=["translated", "gaussian"],
+        default=None,
+        help="how pseudo items vary around their class mean (default: TrainerConfig.replay_spread)",
+    )
     p_run.add_argument("--hidden", type=int, nargs="+", default=None, help="default: for_stream's")
     p_run.add_argument("--threads", type=int, default=1)
     p_run.add_argument("--json", type=Path, default=None, help="append every run's summary here (JSON lines)")

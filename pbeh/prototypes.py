@@ -5,9 +5,11 @@ items' features, per modality (``2 * n_classes * (D_image + D_text)`` floats in 
 No item's features are kept. With ``clusters > 1`` it also keeps the same statistics for up to ``clusters`` groups
 of each class's items (seeded k-means on both modalities' standardised features, every group at least
 :data:`MIN_CLUSTER_ITEMS` items, so no statistic is an item's features), for replay only: a class whose items form
-several modes is then replayed as several Gaussians instead of one around a mean that may lie between them. While
-later tasks train, :meth:`ClassPrototypes.sample` draws pseudo items of the old classes (mean plus Gaussian noise with
-the class's, or the group's, spread, scaled by ``noise``); the trainer puts them in every minibatch, where the
+several modes is then replayed from several means instead of one that may lie between them. While later tasks
+train, :meth:`ClassPrototypes.sample` draws pseudo items of the old classes: a class's (or group's) mean plus its
+per-dimension spread times either the standardised within-class deviation of a real item of the task being trained
+(:meth:`ClassPrototypes.deviations`; feature translation, the trainer's default) or Gaussian noise scaled by
+``noise``. The trainer puts them in every minibatch, where the
 stored-code term pins them to the codes stored for their class and the pairwise terms keep the new task's items away
 from them. That is what keeps an old task's *queries*, encoded by today's model, meeting the
 codes stored for that task (see docs/design.md, "Search across the whole stream").
@@ -35,13 +37,16 @@ import torch
 
 from .prompts import kmeans
 
-__all__ = ["MIN_CLUSTER_ITEMS", "ClassPrototypes"]
+__all__ = ["MIN_CLUSTER_ITEMS", "MIN_RELATIVE_SPREAD", "ClassPrototypes"]
 
 _KEYS = ("classes", "image_mean", "image_std", "text_mean", "text_std")
 _CLUSTERS = "clusters."  # key prefix of the per-group statistics in to_arrays / from_arrays
 
 MIN_CLUSTER_ITEMS = 8
 """The fewest items a group of :meth:`ClassPrototypes.fit` (``clusters > 1``) may summarise."""
+
+MIN_RELATIVE_SPREAD = 0.05
+""":meth:`ClassPrototypes.deviations` divides by at least this fraction of a modality's mean per-class spread."""
 
 
 @dataclass(frozen=True)
@@ -165,10 +170,57 @@ class ClassPrototypes:
             stats[f"{modality}_std"] = np.sqrt(var / counts).astype(np.float32)
         return type(self)(classes.astype(np.int64), n_classes=self.n_classes, **stats)
 
+    def deviations(self, image: np.ndarray, text: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each item's standardised within-class deviation, per modality: ``(image, text)`` float32.
+
+        ``(x - mean) / std`` per dimension, where ``mean`` and ``std`` are the means over the item's classes of
+        this set's per-class means and standard deviations (a class in several rows: their mean and root mean
+        variance). A spread below :data:`MIN_RELATIVE_SPREAD` times the modality's mean spread counts as that much,
+        so a dimension on which a class hardly varies does not blow up. An item none of whose classes is in this set
+        (or without a label) is taken relative to the mean of all the set's classes' means and spreads.
+
+        These are the within-class variations of real items that :meth:`sample` carries over to other classes
+        (feature translation); the trainer computes them from the current task's items and keeps them only while it
+        trains.
+        """
+        image = np.asarray(image, dtype=np.float32)
+        text = np.asarray(text, dtype=np.float32)
+        labels = np.asarray(labels) > 0
+        if labels.ndim != 2 or labels.shape[1] != self.n_classes or not len(labels) == len(image) == len(text):
+            raise ValueError(
+                f"image, text, labels: expected aligned rows and labels over {self.n_classes} classes, got shapes "
+                f"{image.shape}, {text.shape} and {labels.shape}"
+            )
+        if not len(self):
+            raise ValueError("deviations: these prototypes hold no class")
+        per_class = self.merged()
+        known = labels[:, per_class.classes].astype(np.float64)  # (n, classes of this set)
+        counts = known.sum(axis=1, keepdims=True)
+        out = []
+        for modality, feats in (("image", image), ("text", text)):
+            expected = []
+            for key in ("mean", "std"):
+                table = getattr(per_class, f"{modality}_{key}").astype(np.float64)
+                expected.append(np.where(counts > 0, known @ table / np.maximum(counts, 1), table.mean(axis=0)))
+            mean, std = expected
+            floor = MIN_RELATIVE_SPREAD * float(getattr(per_class, f"{modality}_std").mean())
+            out.append(((feats - mean) / np.maximum(std, max(floor, np.finfo(np.float32).tiny))).astype(np.float32))
+        return out[0], out[1]
+
     def sample(
-        self, n: int, rng: np.random.Generator, *, noise: float = 1.0
+        self,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        noise: float = 1.0,
+        deviations: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``n`` pseudo items: a row drawn uniformly, then ``mean + noise * std * N(0, 1)`` per modality.
+        """``n`` pseudo items: a row drawn uniformly, then its mean plus a variation per modality.
+
+        The variation is ``std * noise * N(0, 1)`` (Gaussian), or with ``deviations`` (``(image, text)`` rows from
+        :meth:`deviations`, usually of another task's items) ``std * d`` with ``d`` the standardised deviation of a
+        uniformly drawn row, the same row for both modalities (feature translation: a real item's within-class
+        variation, rescaled per dimension to this class's spread; ``noise`` is then unused).
 
         A row is a class of a task, or with :attr:`clusters` a group of a class (a class of many items, split into
         more groups, is then drawn more often).
@@ -176,14 +228,35 @@ class ClassPrototypes:
         Returns ``(image, text, labels)``: float32 features and one-hot labels over the global label space.
         """
         if self.clusters is not None:
-            return self.clusters.sample(n, rng, noise=noise)
+            return self.clusters.sample(n, rng, noise=noise, deviations=deviations)
         if not len(self):
             raise ValueError("sample: these prototypes hold no class")
+        if deviations is not None:
+            dev_image, dev_text = deviations
+            if (
+                dev_image.ndim != 2
+                or dev_text.ndim != 2
+                or len(dev_image) != len(dev_text)
+                or not len(dev_image)
+                or dev_image.shape[1] != self.image_mean.shape[1]
+                or dev_text.shape[1] != self.text_mean.shape[1]
+            ):
+                raise ValueError(
+                    f"deviations: expected (image, text) with the same number (> 0) of rows of widths "
+                    f"{self.image_mean.shape[1]} and {self.text_mean.shape[1]}, got shapes {dev_image.shape} and "
+                    f"{dev_text.shape}"
+                )
         which = rng.integers(0, len(self), size=n)
         out = []
-        for modality in ("image", "text"):
-            mean, std = getattr(self, f"{modality}_mean")[which], getattr(self, f"{modality}_std")[which]
-            out.append((mean + noise * std * rng.standard_normal(mean.shape)).astype(np.float32))
+        if deviations is None:
+            for modality in ("image", "text"):
+                mean, std = getattr(self, f"{modality}_mean")[which], getattr(self, f"{modality}_std")[which]
+                out.append((mean + noise * std * rng.standard_normal(mean.shape)).astype(np.float32))
+        else:
+            source = rng.integers(0, len(deviations[0]), size=n)
+            for modality, dev in zip(("image", "text"), deviations, strict=True):
+                mean, std = getattr(self, f"{modality}_mean")[which], getattr(self, f"{modality}_std")[which]
+                out.append((mean + std * dev[source]).astype(np.float32))
         labels = np.zeros((n, self.n_classes), dtype=np.float32)
         labels[np.arange(n), self.classes[which]] = 1.0
         return out[0], out[1], labels

@@ -21,6 +21,13 @@ THREADS_HELP = (
 )
 
 
+def config_choices(name: str) -> tuple[str, ...]:
+    """The accepted values of a :class:`~pbeh.trainer.TrainerConfig` field that takes one of a few strings."""
+    from ..training import config
+
+    return {"replay_spread": config.REPLAY_SPREADS}[name]
+
+
 def config_default(name: str) -> Any:
     """The default of a :class:`~pbeh.trainer.TrainerConfig` field (the CLI never repeats the numbers)."""
     from ..trainer import TrainerConfig
@@ -205,11 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
         "Wikipedia-5); needs the class-centre term; 0 switches it off (default: %(default)s)",
     )
     train.add_argument(
+        "--replay-spread",
+        choices=config_choices("replay_spread"),
+        default=config_default("replay_spread"),
+        help="how replayed pseudo items of old classes vary around their class mean: 'translated' by the within-class "
+        "deviation of a real item of the task being trained, rescaled to the old class's spread (feature "
+        "translation), 'gaussian' by noise of the class's spread times --prototype-noise (default: %(default)s)",
+    )
+    train.add_argument(
         "--prototype-noise",
         type=float,
         default=config_default("prototype_noise"),
-        help="spread of the replayed pseudo items around their class mean, in class standard deviations "
-        "(default: %(default)s)",
+        help="with --replay-spread gaussian: spread of the replayed pseudo items around their class mean, in class "
+        "standard deviations (default: %(default)s)",
     )
     train.add_argument(
         "--prototype-clusters",

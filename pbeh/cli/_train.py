@@ -68,6 +68,7 @@ def train_in_process(args: argparse.Namespace, progress: dict[str, bool], ctx: A
             seed=args.seed,
             prototype_replay=args.prototype_replay,
             prototype_noise=args.prototype_noise,
+            replay_spread=args.replay_spread,
             prototype_clusters=args.prototype_clusters,
             class_prior=_class_prior(args.class_prior),
             later_task_head_lr_scale=args.head_lr_scale,

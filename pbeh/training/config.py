@@ -14,6 +14,8 @@ from ..losses import SIMILARITY_TARGETS
 __all__ = ["TrainerConfig"]
 
 _SELECT_ON = ("validation", "test", "last")
+REPLAY_SPREADS = ("translated", "gaussian")
+"""The values of :attr:`TrainerConfig.replay_spread`."""
 
 
 @dataclass(frozen=True)
@@ -83,9 +85,17 @@ class TrainerConfig:
             loss terms then see old classes too: the stored-code term pins them to the codes stored for their class,
             so old tasks' queries keep meeting their stored codes, and the pairwise terms keep new items away from
             them. 0 switches it off.
-        prototype_noise: the pseudo items' spread around their class mean, in units of the class's per-dimension
-            standard deviation (Wikipedia-5, 32 bits, one seed, unified mAP I→T/T→I: 0.5 gave 0.283/0.638, 1.0
-            0.260/0.616, 2.0 0.248/0.574).
+        replay_spread: how a pseudo item varies around its class's (or group's) mean. ``"translated"`` (default):
+            its spread times the standardised within-class deviation of a real item of the task being trained (the
+            item's features minus the mean of its classes' means, over their spread, per dimension; feature
+            translation after FeTrIL, Petit et al., WACV 2023, rescaled per dimension), so pseudo items of old
+            classes vary the way real items do (correlated, skewed, sparse) rather than as independent Gaussians;
+            the deviations live only while the task trains (a task without labelled items replays Gaussian noise).
+            ``"gaussian"``: its spread times ``prototype_noise`` times N(0, 1) (pbeh's earlier default). Measured
+            against Gaussian in docs/design.md, "Replay by feature translation".
+        prototype_noise: with ``replay_spread="gaussian"``, the pseudo items' spread around their class mean, in units
+            of the class's per-dimension standard deviation (Wikipedia-5, 32 bits, one seed, unified mAP I→T/T→I:
+            0.5 gave 0.283/0.638, 1.0 0.260/0.616, 2.0 0.248/0.574); unused with ``"translated"``.
         prototype_clusters: replay each old class from up to this many groups of its items (seeded k-means, at least
             :data:`~pbeh.prototypes.MIN_CLUSTER_ITEMS` items a group; no item's features are kept) instead of one
             Gaussian around the class mean; 1 keeps one per class. The class prior always uses the per-class
@@ -136,6 +146,7 @@ class TrainerConfig:
     lr_fan_in: int | None = 256
     prototype_noise: float = 0.5
     prototype_clusters: int = 4
+    replay_spread: str = "translated"
     class_prior: float | dict[str, float] = 0.5
 
     def __post_init__(self) -> None:
@@ -198,6 +209,8 @@ class TrainerConfig:
             raise ValueError(f"similarity_target: expected one of {SIMILARITY_TARGETS}, got {self.similarity_target!r}")
         if self.ties not in ("average", "reference"):
             raise ValueError(f"ties: expected 'average' or 'reference', got {self.ties!r}")
+        if self.replay_spread not in REPLAY_SPREADS:
+            raise ValueError(f"replay_spread: expected one of {REPLAY_SPREADS}, got {self.replay_spread!r}")
         if self.prompt_init not in ("normal", "kmeans"):
             raise ValueError(f"prompt_init: expected 'normal' or 'kmeans', got {self.prompt_init!r}")
 
@@ -230,6 +243,10 @@ class TrainerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainerConfig:
+        """Inverse of :meth:`to_dict`. A key added since the dict was saved takes its default, except
+        ``replay_spread``: a config saved before it existed trained with Gaussian pseudo items, and a resumed run
+        goes on that way."""
+        data = {"replay_spread": "gaussian", **data}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

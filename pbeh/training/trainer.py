@@ -509,8 +509,21 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + t)
         stored_anchors = self._anchors[:t] if self.loss_weights.anchor > 0 else []
         stored_targets = self._stored_targets(t) if self.loss_weights.stored_codes > 0 else []
-        replay = ClassPrototypes.concatenate(self._prototypes[:t]) if cfg.prototype_replay and t > 0 else None
+        # The earlier tasks' class statistics (the last entry is this task's; a state saved before prototypes existed
+        # has none for its tasks).
+        earlier = self._prototypes[:-1]
+        replay = ClassPrototypes.concatenate(earlier) if cfg.prototype_replay and t > 0 and earlier else None
         replay_rng = np.random.default_rng(cfg.seed * 7907 + t)
+        # Feature translation: pseudo items vary by the within-class deviations of this task's training items, held
+        # for this task only (never stored). A task without labelled items has none: Gaussian replay then.
+        deviations = None
+        if replay is not None and cfg.replay_spread == "translated" and len(self._prototypes[-1]):
+            deviations = self._prototypes[-1].deviations(train.image, train.text, train.labels)
+
+        def pseudo_items() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            assert replay is not None
+            return replay.sample(cfg.prototype_replay, replay_rng, noise=cfg.prototype_noise, deviations=deviations)
+
         best_state: dict[str, torch.Tensor] | None = None
         best_epoch, best_score = cfg.epochs, None
         last_loss, last_terms = float("nan"), {}
@@ -533,7 +546,7 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
                         continue  # a single item gives no pairwise signal
                     batch = (image[idx], text[idx], labels[idx])
                     if replay is not None:
-                        pseudo = replay.sample(cfg.prototype_replay, replay_rng, noise=cfg.prototype_noise)
+                        pseudo = pseudo_items()
                         batch = tuple(
                             torch.cat([part, _tensor(extra, device)]) for part, extra in zip(batch, pseudo, strict=True)
                         )
@@ -551,7 +564,7 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
                 for share in sampler.epoch(generator):  # the same randperm draw, cut into the same batches
                     pseudo = None
                     if replay is not None:  # every rank draws the same pseudo items and keeps its share
-                        pseudo = replay.sample(cfg.prototype_replay, replay_rng, noise=cfg.prototype_noise)
+                        pseudo = pseudo_items()
                     loss, terms = self._distributed_step(
                         step_module, optimizer, ctx, share, (image, text, labels), pseudo, stored_anchors,
                         stored_targets,
