@@ -232,7 +232,10 @@ class ClassPrototypes:
         if not len(self):
             raise ValueError("sample: these prototypes hold no class")
         if deviations is not None:
-            dev_image, dev_text = deviations
+            if isinstance(deviations, np.ndarray) or len(deviations) != 2:
+                kind = type(deviations).__name__
+                raise ValueError(f"deviations: expected a pair (image, text) of arrays, got {kind}")
+            dev_image, dev_text = (np.asarray(part, dtype=np.float32) for part in deviations)
             if (
                 dev_image.ndim != 2
                 or dev_text.ndim != 2
@@ -253,8 +256,8 @@ class ClassPrototypes:
                 mean, std = getattr(self, f"{modality}_mean")[which], getattr(self, f"{modality}_std")[which]
                 out.append((mean + noise * std * rng.standard_normal(mean.shape)).astype(np.float32))
         else:
-            source = rng.integers(0, len(deviations[0]), size=n)
-            for modality, dev in zip(("image", "text"), deviations, strict=True):
+            source = rng.integers(0, len(dev_image), size=n)
+            for modality, dev in (("image", dev_image), ("text", dev_text)):
                 mean, std = getattr(self, f"{modality}_mean")[which], getattr(self, f"{modality}_std")[which]
                 out.append((mean + std * dev[source]).astype(np.float32))
         labels = np.zeros((n, self.n_classes), dtype=np.float32)

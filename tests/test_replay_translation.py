@@ -117,6 +117,19 @@ def test_bad_deviations_are_refused(deviations):
         protos.sample(4, rng, deviations=deviations)
 
 
+def test_deviations_that_are_not_a_pair_are_refused():
+    rng = np.random.default_rng(5)
+    protos = ClassPrototypes.fit(*_data(rng))
+    with pytest.raises(ValueError, match=r"deviations: expected a pair \(image, text\) of arrays, got ndarray"):
+        protos.sample(4, rng, deviations=np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="deviations: expected a pair"):
+        protos.sample(4, rng, deviations=(np.zeros((3, 5)),))
+    # lists are accepted as arrays
+    image, text, _ = protos.sample(4, rng, deviations=(np.zeros((1, 5)).tolist(), np.zeros((1, 3)).tolist()))
+    assert image.shape == (4, 5)
+    assert text.shape == (4, 3)
+
+
 def test_deviations_refuse_misaligned_input():
     rng = np.random.default_rng(6)
     image, text, labels = _data(rng)
@@ -177,16 +190,22 @@ def test_trainer_translates_this_tasks_training_items(monkeypatch):
     assert first[1, 1] != second[1, 1]
 
 
-def test_a_state_saved_without_the_option_resumes_with_gaussian_replay(tmp_path, monkeypatch):
-    stream = synthetic_stream(n_tasks=2, seed=4)
+def _saved_after_the_first_task(directory, seed):
+    """A two-task stream and the directory of a state saved after its first task."""
+    stream = synthetic_stream(n_tasks=2, seed=seed)
     trainer = _trainer(stream)
     trainer.fit([stream[0]])
-    trainer.save(tmp_path / "state")
-    meta_path = tmp_path / "state" / "trainer.json"
+    trainer.save(directory)
+    return stream, directory
+
+
+def test_a_state_saved_without_the_option_resumes_with_gaussian_replay(tmp_path, monkeypatch):
+    stream, state = _saved_after_the_first_task(tmp_path / "state", seed=4)
+    meta_path = state / "trainer.json"
     meta = json.loads(meta_path.read_text())
     del meta["config"]["replay_spread"]
     meta_path.write_text(json.dumps(meta))
-    loaded = ContinualTrainer.load(tmp_path / "state")
+    loaded = ContinualTrainer.load(state)
     assert loaded.config.replay_spread == "gaussian"
     calls = _record_samples(monkeypatch)
     loaded.fit_task(stream[1])
@@ -197,17 +216,14 @@ def test_a_state_saved_without_the_option_resumes_with_gaussian_replay(tmp_path,
 def test_a_state_without_prototypes_replays_nothing_of_the_current_task(tmp_path, monkeypatch):
     from pbeh.serialization import load_safetensors, save_safetensors
 
-    stream = synthetic_stream(n_tasks=2, seed=5)
-    trainer = _trainer(stream)
-    trainer.fit([stream[0]])
-    trainer.save(tmp_path / "state")
-    path = tmp_path / "state" / "trainer_state.safetensors"
+    stream, state = _saved_after_the_first_task(tmp_path / "state", seed=5)
+    path = state / "trainer_state.safetensors"
     arrays, _ = load_safetensors(path, kind="trainer_state", format_version=1)
     save_safetensors(
         path, {k: v for k, v in arrays.items() if not k.startswith("prototypes.")}, kind="trainer_state",
         format_version=1,
     )  # fmt: skip
-    loaded = ContinualTrainer.load(tmp_path / "state")
+    loaded = ContinualTrainer.load(state)
     assert loaded._prototypes == []
     calls = _record_samples(monkeypatch)
     loaded.fit_task(stream[1])
