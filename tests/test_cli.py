@@ -95,6 +95,48 @@ def test_loss_weight_options_reach_the_trainer(tmp_path):
     assert state["contrastive"] == 10.0  # the rest stays the method's
 
 
+def _top_rows(printed):
+    """The per-task rows of the printed 'top of the one index' table: {task name: [6 floats]}."""
+    block = printed.split("the top of the one index, per query task", 1)[1].split("\n\n", 1)[0]
+    rows = {}
+    for line in block.splitlines()[2:]:
+        _, name, *cells = line.split()
+        rows[name] = [float(c) for c in cells]
+    return rows
+
+
+def test_the_summary_shows_the_top_of_the_index_per_task(run_dir, capsys):
+    out, printed, _ = run_dir
+    rows = _top_rows(printed)
+    assert list(rows) == ["T1", "T2", "T3", "T4"]
+    trainer = read_json(out / "task_003" / "trainer.json")
+    unified = trainer["reports"][-1]["unified"]
+    for t, name in enumerate(rows):
+        expected = [
+            unified[d][key][t]
+            for key in ("per_task_p_at_10", "per_task_map_at_100", "per_task_newest_share")
+            for d in ("i2t", "t2i")
+        ]
+        assert rows[name] == pytest.approx(expected, abs=5e-5)  # printed with 4 decimals
+    # the same table from the saved run
+    assert main(["evaluate", str(out)]) == 0
+    assert _top_rows(capsys.readouterr().out) == rows
+    assert main(["describe", str(out)]) == 0
+    assert _top_rows(capsys.readouterr().out) == rows
+
+
+def test_a_summary_without_per_task_figures_has_no_top_table():
+    from pbeh.cli._output import summary_table, top_of_index_table
+
+    summary = {"tasks": 2, "mean_i2t": 0.5, "mean_t2i": 0.5}
+    assert top_of_index_table(summary) is None
+    assert "the top of the one index" not in summary_table(summary)
+    summary["unified_i2t_p10_per_task"] = [0.25, 0.5]  # one figure known: the others print as "-"
+    table = top_of_index_table(summary, ["a"])
+    assert table.splitlines()[2].split() == ["1", "a", "0.2500", "-", "-", "-", "-", "-"]
+    assert table.splitlines()[3].split() == ["2", "0.5000", "-", "-", "-", "-", "-"]
+
+
 def test_extension_rule_option_reaches_the_trainer(tmp_path, capsys):
     out = tmp_path / "ties"
     args = [*TRAIN, "--quiet", "--out", str(out), "--extension-rule", "ties", "--rho", "0.0", "--delta", "3"]

@@ -103,5 +103,5 @@ def describe(args: argparse.Namespace) -> int:
         f"{sum(sizes.values()) / 1e6:.2f} MB on disk in {run.state.name}"
     )
     print()
-    print(summary_table(summary))
+    print(summary_table(summary, [str(r["name"]) for r in reports]))
     return 0

@@ -29,5 +29,5 @@ def evaluate(args: argparse.Namespace) -> int:
     for report in reports:
         print(report_line(report, len(names) or None))
     print()
-    print(summary_table(summary))
+    print(summary_table(summary, names))
     return 0

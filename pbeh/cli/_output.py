@@ -58,8 +58,33 @@ def matrix_tables(matrix: Any, names: Sequence[str]) -> str:
     return "\n\n".join(blocks)
 
 
-def summary_table(summary: dict[str, Any]) -> str:
-    """The summary (ContinualTrainer.summary's keys) as two tables: scores per direction, then sizes."""
+def top_of_index_table(summary: dict[str, Any], names: Sequence[str] = ()) -> str | None:
+    """Per query task, what the one index returns at its top after the last task (ContinualTrainer.summary's
+    ``unified_*_per_task`` keys): P@10, mAP@100 and the share of the top 10 that comes from the newest task. None
+    when the summary has no per-task figures (a run saved before they existed)."""
+    keys = [
+        (f"unified_{direction}_{name}_per_task", f"{label} {arrow}")
+        for name, label in (("p10", "P@10"), ("map100", "mAP@100"), ("newest_share", "newest share"))
+        for direction, arrow in (("i2t", "i→t"), ("t2i", "t→i"))
+    ]
+    columns = [summary.get(key) for key, _ in keys]
+    if not any(columns):
+        return None
+    n = max(len(c) for c in columns if c)
+    rows = [["query task", *(label for _, label in keys)]]
+    for t in range(n):
+        name = f"{t + 1} {names[t]}" if t < len(names) else str(t + 1)
+        rows.append([name, *(format_value(c[t]) if c and t < len(c) else "-" for c in columns)])
+    title = (
+        "the top of the one index, per query task (P@10, mAP@100, and the share of the top 10 stored by the "
+        "newest task; for the newest task's own queries that share is their own task)"
+    )
+    return title + "\n" + format_table(rows)
+
+
+def summary_table(summary: dict[str, Any], names: Sequence[str] = ()) -> str:
+    """The summary (ContinualTrainer.summary's keys) as tables: scores per direction, what the one index returns at
+    its top per query task (when known), then sizes. ``names``: the tasks' names, for the per-task rows."""
 
     def pair(key: str) -> list[str]:
         return [format_value(summary.get(f"{key}_i2t")), format_value(summary.get(f"{key}_t2i"))]
@@ -74,6 +99,9 @@ def summary_table(summary: dict[str, Any]) -> str:
             ["unified P@10", format_value(summary.get("unified_i2t_p10")), format_value(summary.get("unified_t2i_p10"))]
         )
     lines = [f"summary after {summary.get('tasks', '?')} task(s)", format_table(rows)]
+    top = top_of_index_table(summary, names)
+    if top is not None:
+        lines += ["", top, ""]
     extra = [
         ["chance level of the unified mAP", format_value(summary.get("unified_chance"))],
         ["prefix drift (stored bits now flipped)", format_value(summary.get("prefix_drift"))],
@@ -123,6 +151,8 @@ def summary_from_state(trainer: dict[str, Any]) -> dict[str, Any]:
             out[f"unified_{direction}_p10"] = figures.get("p_at_10")
             out[f"unified_{direction}_map100"] = figures.get("map_at_100")
             out[f"unified_{direction}_p10_per_task"] = figures.get("per_task_p_at_10")
+            out[f"unified_{direction}_map100_per_task"] = figures.get("per_task_map_at_100")
+            out[f"unified_{direction}_newest_share_per_task"] = figures.get("per_task_newest_share")
     stored = trainer.get("stored", [])
     for direction in matrix.directions:
         out[f"mean_{direction}"] = matrix.final_mean(direction)

@@ -176,7 +176,7 @@ def train_in_process(args: argparse.Namespace, progress: dict[str, bool], ctx: A
     print()
     print(matrix_tables(trainer.matrix, [t.name for t in stream]))
     print()
-    print(summary_table(summary))
+    print(summary_table(summary, [t.name for t in stream]))
     print(f"\nsaved to {args.out} (pbeh describe {args.out}; pbeh evaluate {args.out})")
     return 0
 
