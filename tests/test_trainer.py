@@ -237,6 +237,24 @@ def test_summary_keys_and_values(fixed_run):
     json.dumps(summary, allow_nan=False)  # JSON-safe
 
 
+def test_the_matrix_keeps_the_top_of_the_index_after_every_task(fixed_run):
+    trainer, reports, _ = fixed_run
+    scalars = trainer.matrix.scalars
+    for direction in ("i2t", "t2i"):
+        for t, report in enumerate(reports):
+            figures = report.unified[direction]
+            assert scalars[f"unified_{direction}_p10"][t] == figures["p_at_10"]
+            assert scalars[f"unified_{direction}_map100"][t] == figures["map_at_100"]
+            if t == 0:  # no earlier task yet
+                assert np.isnan(scalars[f"unified_{direction}_old_p10"][t])
+                assert np.isnan(scalars[f"unified_{direction}_newest_share"][t])
+                continue
+            assert scalars[f"unified_{direction}_old_p10"][t] == pytest.approx(np.mean(figures["per_task_p_at_10"][:t]))
+            assert scalars[f"unified_{direction}_newest_share"][t] == max(figures["per_task_newest_share"][:t])
+    again = type(trainer.matrix).from_dict(json.loads(json.dumps(trainer.matrix.to_dict())))
+    np.testing.assert_array_equal(again.scalars["unified_i2t_old_p10"], scalars["unified_i2t_old_p10"])
+
+
 def test_unified_chance_matches_brute_force(fixed_run, stream):
     _, reports, _ = fixed_run
     for t, report in enumerate(reports):

@@ -143,6 +143,24 @@ class TrainerEvaluation:
             out[direction] = metrics.to_dict()
         return out
 
+    def _record_top_of_index(self, t: int, unified: dict[str, Any]) -> None:
+        """Per-task scalar series of what the one index returns at its top after task ``t``, both directions:
+        ``unified_<d>_p10`` and ``unified_<d>_map100`` (every seen query), ``unified_<d>_old_p10`` (the mean P@10 of
+        the earlier tasks' queries) and ``unified_<d>_newest_share`` (the largest share of an earlier task's top 10
+        stored by the newest task); the last two are NaN after the first task. The per-query-task figures are in the
+        task's report (``TaskReport.unified``)."""
+        for direction, figures in unified.items():
+            earlier_p10 = figures["per_task_p_at_10"][:-1]
+            earlier_share = figures["per_task_newest_share"][:-1]
+            series = {
+                "p10": figures["p_at_10"],
+                "map100": figures["map_at_100"],
+                "old_p10": float(np.mean(earlier_p10)) if earlier_p10 else float("nan"),
+                "newest_share": float(max(earlier_share)) if earlier_share else float("nan"),
+            }
+            for name, value in series.items():
+                self.matrix.record_scalar(f"unified_{direction}_{name}", t, float(value))
+
     def _prefix_drift(self) -> float | None:
         """Fraction of stored bits of earlier tasks that the current model would flip (None on the first task)."""
         if len(self._stored) < 2:

@@ -372,6 +372,7 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
         self.matrix.record_scalar("unified_t2i", t, unified_t2i)
         self.matrix.record_scalar("unified_chance", t, chance)
         self.matrix.record_scalar("prefix_drift", t, float("nan") if drift is None else drift)
+        self._record_top_of_index(t, unified)
         report = TaskReport(
             task=t,
             name=task.name,
@@ -458,6 +459,7 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
         for name, value in (("unified_i2t", unified_i2t), ("unified_t2i", unified_t2i), ("unified_chance", chance)):
             ev.matrix.record_scalar(name, t, value)
         ev.matrix.record_scalar("n_bits", t, float(self.model.n_bits))
+        ev._record_top_of_index(t, unified)
         last = self.reports[-1] if self.reports else None
         ev.reports = [
             TaskReport(
