@@ -34,6 +34,7 @@ import torch
 from pbeh.baselines import METHODS, run_method
 from pbeh.data import mirflickr730_4, wikipedia5
 from pbeh.trainer import ContinualTrainer, TrainerConfig
+from pbeh.training.config import REPLAY_SPREADS
 
 DATASETS = {"wikipedia5": wikipedia5, "mirflickr730-4": mirflickr730_4}
 DEFAULT_METHODS = ["pbeh", "pbeh-no-replay", "fixed-length", "finetune", "joint"]
@@ -165,7 +166,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--replay-spread",
-        choices=["translated", "gaussian"],
+        choices=REPLAY_SPREADS,
         default=None,
         help="how pseudo items vary around their class mean (default: TrainerConfig's)",
     )

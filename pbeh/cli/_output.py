@@ -135,6 +135,7 @@ def summary_from_state(trainer: dict[str, Any]) -> dict[str, Any]:
     """The summary of a saved run, from its trainer.json (the same keys as ContinualTrainer.summary)."""
     from ..metrics import ContinualMatrix
     from ..trainer import TaskReport
+    from ..training.report import top_of_index_summary
 
     matrix = ContinualMatrix.from_dict(trainer["matrix"])
     reports = [TaskReport.from_dict(r) for r in trainer.get("reports", [])]
@@ -147,12 +148,7 @@ def summary_from_state(trainer: dict[str, Any]) -> dict[str, Any]:
         out["unified_chance"] = last.unified_chance
         drifts = [r.prefix_drift for r in reports if r.prefix_drift is not None]
         out["prefix_drift"] = drifts[-1] if drifts else None
-        for direction, figures in (last.unified or {}).items():
-            out[f"unified_{direction}_p10"] = figures.get("p_at_10")
-            out[f"unified_{direction}_map100"] = figures.get("map_at_100")
-            out[f"unified_{direction}_p10_per_task"] = figures.get("per_task_p_at_10")
-            out[f"unified_{direction}_map100_per_task"] = figures.get("per_task_map_at_100")
-            out[f"unified_{direction}_newest_share_per_task"] = figures.get("per_task_newest_share")
+        out.update(top_of_index_summary(last.unified))
     stored = trainer.get("stored", [])
     for direction in matrix.directions:
         out[f"mean_{direction}"] = matrix.final_mean(direction)

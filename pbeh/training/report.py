@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TaskReport"]
+__all__ = ["TaskReport", "top_of_index_summary"]
 
 
 @dataclass
@@ -83,3 +83,17 @@ class _StoredTask:
     ids: np.ndarray
     labels: np.ndarray
     n_bits: int
+
+
+def top_of_index_summary(unified: dict[str, Any] | None) -> dict[str, Any]:
+    """The summary keys of what the one index returns at its top (a task's ``TaskReport.unified``), per direction
+    ``d``: ``unified_d_p10``, ``unified_d_map100``, ``unified_d_p10_per_task``, ``unified_d_map100_per_task`` and
+    ``unified_d_newest_share_per_task`` (``None`` where a report saved before a figure existed lacks it)."""
+    out: dict[str, Any] = {}
+    for direction, figures in (unified or {}).items():
+        out[f"unified_{direction}_p10"] = figures.get("p_at_10")
+        out[f"unified_{direction}_map100"] = figures.get("map_at_100")
+        out[f"unified_{direction}_p10_per_task"] = figures.get("per_task_p_at_10")
+        out[f"unified_{direction}_map100_per_task"] = figures.get("per_task_map_at_100")
+        out[f"unified_{direction}_newest_share_per_task"] = figures.get("per_task_newest_share")
+    return out

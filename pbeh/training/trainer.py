@@ -58,7 +58,7 @@ from .distributed import DistributedMinibatchSampler, all_gather_objects, barrie
 from .distributed import current as current_distributed
 from .evaluation import TrainerEvaluation
 from .objective import TrainerObjective
-from .report import TaskReport, _json_safe, _StoredTask
+from .report import TaskReport, _json_safe, _StoredTask, top_of_index_summary
 
 __all__ = ["ContinualTrainer"]
 
@@ -663,14 +663,9 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
             out["unified_chance"] = last.unified_chance
             drifts = [r.prefix_drift for r in self.reports if r.prefix_drift is not None]
             out["prefix_drift"] = drifts[-1] if drifts else None
-            for direction, figures in (last.unified or {}).items():
-                # What a user sees at the top of the one index: per query task, P@10, mAP@100 and the share of the
-                # top 10 that comes from the newest task.
-                out[f"unified_{direction}_p10"] = figures["p_at_10"]
-                out[f"unified_{direction}_map100"] = figures["map_at_100"]
-                out[f"unified_{direction}_p10_per_task"] = figures["per_task_p_at_10"]
-                out[f"unified_{direction}_map100_per_task"] = figures["per_task_map_at_100"]
-                out[f"unified_{direction}_newest_share_per_task"] = figures["per_task_newest_share"]
+            # What a user sees at the top of the one index: per query task, P@10, mAP@100 and the share of the top 10
+            # that comes from the newest task.
+            out.update(top_of_index_summary(last.unified))
             out["ties"] = self.config.ties
         if self._stored:
             # packed bytes per stored item and modality (before faiss's padding to a fast code size)
