@@ -274,6 +274,41 @@ def test_cached_truncated_copies_follow_changes():
     check_against_reference(index.search(short_query, 10), brute_force(stored, short_query, 10, "zscore"), 10, "zscore")
 
 
+@pytest.mark.parametrize("score", SCORE_POLICIES)
+def test_searches_between_changes_see_every_segment_created_or_dropped(tmp_path: Path, score):
+    """The search plan (segments, compared lengths, score tables) is cached per (policy, query length): searches
+    interleaved with adds of new lengths, removal of a whole length, re-adding it, and a save/load must each match
+    the brute-force reference of what is stored at that moment."""
+    rng = np.random.default_rng(11)
+    index = TruncatedHammingIndex(score=score, flip_probability=P)
+    stored: list[tuple[Codes, np.ndarray]] = []
+    queries = {n: random_codes(rng, 2, n) for n in (24, 64)}
+
+    def check(ix: TruncatedHammingIndex) -> None:
+        for query in queries.values():
+            for k in (1, 7, 40):
+                expected = brute_force(stored, query, k, score)
+                check_against_reference(ix.search(query, k), expected, k, score)
+
+    check(index)
+    for n_bits in (32, 64, 16):  # each add creates a segment after searches cached a plan
+        codes = random_codes(rng, 15, n_bits)
+        stored.append((codes, index.add(codes)))
+        check(index)
+    codes = random_codes(rng, 10, 32)  # a second batch of a stored length: no new segment
+    stored.append((codes, index.add(codes)))
+    check(index)
+    gone = np.concatenate([ids for codes, ids in stored if codes.n_bits == 32])
+    assert index.remove(gone) == len(gone)  # drops the 32-bit segment
+    stored = [(codes, ids) for codes, ids in stored if codes.n_bits != 32]
+    check(index)
+    codes = random_codes(rng, 12, 32)  # the same length again: a new segment object
+    stored.append((codes, index.add(codes)))
+    check(index)
+    index.save(tmp_path / "index.safetensors")
+    check(TruncatedHammingIndex.load(tmp_path / "index.safetensors"))
+
+
 def test_threads_are_restored_and_do_not_change_results():
     rng = np.random.default_rng(5)
     one, two = TruncatedHammingIndex(threads=1), TruncatedHammingIndex(threads=2)

@@ -90,6 +90,7 @@ class TruncatedHammingIndex:
         self._cache = TruncationCache(check_int(cache_bytes, "cache_bytes", minimum=0))
         self._segments: dict[int, Any] = self._backend.open_segments(self._cache)
         self._tables: dict[tuple[str, tuple[int, ...]], tuple[list, list, tuple]] = {}
+        self._plans: dict[tuple[str, int], tuple[list, tuple[int, ...], list, list, tuple]] = {}
         self._next_id = max((int(seg.ids()[-1]) + 1 for seg in self._segments.values() if len(seg)), default=0)
 
     # ------------------------------------------------------------------ info
@@ -249,6 +250,7 @@ class TruncatedHammingIndex:
         seg = self._segments.get(codes.n_bits)
         if seg is None:
             seg = self._segments[codes.n_bits] = self._backend.new_segment(codes.n_bits, self._cache)
+            self._segments_changed()
         packed = codes.packed
         if order is not None:
             packed = packed[order]  # fancy indexing copies
@@ -281,6 +283,7 @@ class TruncatedHammingIndex:
             if len(seg) == 0:
                 self._backend.drop_segment(seg)
                 del self._segments[n_bits]
+                self._segments_changed()
         _logger.debug("removed %d items (index now %d items)", removed, len(self))
         return removed
 
@@ -316,18 +319,17 @@ class TruncatedHammingIndex:
         if nprobe is not None:
             nprobe = check_positive_int(nprobe, "nprobe")
         nq = len(query_codes)
-        segments = [self._segments[n_bits] for n_bits in sorted(self._segments)]
-        if len(segments) == 1 and nq and nq * k <= _CANDIDATES_PER_BLOCK and len(segments[0]) >= k:
+        segments, compared_lengths, tables, ranks, merged = self._plan(policy, query_codes.n_bits)
+        sizes = [len(seg) for seg in segments]
+        if len(segments) == 1 and nq and nq * k <= _CANDIDATES_PER_BLOCK and sizes[0] >= k:
             # One segment holding at least k codes: its (distance, id) order is the answer (no merge, no fill).
-            seg = segments[0]
-            compared = min(query_codes.n_bits, seg.n_bits)
-            (table,), _, _ = self._score_tables(policy, (compared,))
+            seg, compared, table = segments[0], compared_lengths[0], tables[0]
             packed = _truncated_queries(query_codes, compared)
             with _faiss.omp_threads(self._threads):
                 dist, found = seg.search(packed, compared, k, nprobe=nprobe)
             if found.shape[1] == k and found.min() >= 0:
                 return SearchResult(found, dist, table[dist], np.full((nq, k), compared, np.int32), policy)
-        n_candidates = sum(min(k, len(seg)) for seg in segments)
+        n_candidates = sum(min(k, size) for size in sizes)
         width = min(k, n_candidates)
         if nq and width == k and len(segments) > 1:  # the merge writes every entry: no fill needed
             ids = np.empty((nq, k), dtype=np.int64)
@@ -339,21 +341,45 @@ class TruncatedHammingIndex:
             distances = np.full((nq, k), FILL_DISTANCE, dtype=np.int32)
             scores = np.full((nq, k), FILL_SCORE, dtype=np.float64)
             n_compared = np.full((nq, k), FILL_N_BITS, dtype=np.int32)
-        if nq == 0 or not self._segments:
+        if nq == 0 or not segments:
             return SearchResult(ids, distances, scores, n_compared, policy)
 
-        compared_lengths = tuple(min(query_codes.n_bits, seg.n_bits) for seg in segments)
-        tables, ranks, merged = self._score_tables(policy, compared_lengths)
         plan = list(zip(segments, compared_lengths, tables, strict=True))
         step = max(1, _CANDIDATES_PER_BLOCK // n_candidates)  # bounds the merge's memory for many queries
         truncated = {compared: _truncated_queries(query_codes, compared) for compared in set(compared_lengths)}
+        whole = (ids, distances, scores, n_compared) if width == k else None
         with _faiss.omp_threads(self._threads):
-            for start in range(0, nq, step):
-                rows = slice(start, min(nq, start + step))
-                views = (ids[rows, :width], distances[rows, :width], scores[rows, :width], n_compared[rows, :width])
-                block = {compared: packed[rows] for compared, packed in truncated.items()}
-                self._search_block(block, k, plan, ranks, merged, views, nprobe)
+            if nq <= step:  # one block (every search of up to thousands of queries): no row views to cut
+                views = whole or (ids[:, :width], distances[:, :width], scores[:, :width], n_compared[:, :width])
+                self._search_block(truncated, k, plan, ranks, merged, views, nprobe)
+            else:
+                for start in range(0, nq, step):
+                    rows = slice(start, min(nq, start + step))
+                    views = (ids[rows, :width], distances[rows, :width], scores[rows, :width], n_compared[rows, :width])
+                    block = {compared: packed[rows] for compared, packed in truncated.items()}
+                    self._search_block(block, k, plan, ranks, merged, views, nprobe)
         return SearchResult(ids, distances, scores, n_compared, policy)
+
+    def _plan(self, policy: str, query_bits: int) -> tuple[list, tuple[int, ...], list, list, tuple]:
+        """What a search with ``policy`` and ``query_bits``-bit queries needs besides the queries: the segments
+        shortest first, the bits compared in each, and their score tables (:meth:`_score_tables`). Cached until a
+        segment is created or dropped (:meth:`_segments_changed`); a one-query search would otherwise spend about
+        as long rebuilding this as scanning a small segment."""
+        key = (policy, query_bits)
+        plan = self._plans.get(key)
+        if plan is None:
+            segments = [self._segments[n_bits] for n_bits in sorted(self._segments)]
+            compared_lengths = tuple(min(query_bits, seg.n_bits) for seg in segments)
+            tables = self._score_tables(policy, compared_lengths) if segments else ([], [], ())
+            plan = (segments, compared_lengths, *tables)
+            if len(self._plans) >= 64:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
+    def _segments_changed(self) -> None:
+        """Forget the cached search plans: call whenever a segment is created, dropped or replaced."""
+        self._plans.clear()
 
     def _score_tables(self, policy: str, compared_lengths: tuple[int, ...]) -> tuple[list, list, tuple]:
         """Per segment, the score of every possible distance 0..L (a lookup table); over all tables, the integer rank
@@ -521,6 +547,7 @@ class TruncatedHammingIndex:
             if len(index):
                 raise ValueError(f"backend: loading needs an empty backend, {index.backend!r} holds {len(index)} codes")
             index._segments = file.read_segments(lambda n_bits: index._backend.new_segment(n_bits, index._cache))
+            index._segments_changed()
         index._next_id = meta["next_id"]
         return index
 

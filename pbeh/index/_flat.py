@@ -320,15 +320,16 @@ class FlatSegment:
         Returns ``(distances int32 (nq, min(k, n)), ids int64 (nq, min(k, n)))``.
         """
         n_bytes = (compared + 7) // 8
-        width = _faiss.padded_code_size(n_bytes)
+        width = self.code_size if compared >= self.n_bits else _faiss.padded_code_size(n_bytes)
         q = (
-            queries
+            np.ascontiguousarray(queries)
             if queries.shape[1] == width
             else _faiss.pad_codes(np.ascontiguousarray(queries[:, :n_bytes]), width)
         )
+        # Every database block below is C-contiguous uint8 of `width` bytes (chunk rows or cached truncated copies).
         if compared >= self.n_bits and len(self.runs) == 1 and len(self.runs[0].chunks) == 1:
             run = self.runs[0]  # one chunk: faiss's (distance, position) order is (distance, id)
-            dist, pos = _faiss.knn_hamming(q, run.chunks[0][: run.n], min(k, run.n))
+            dist, pos = _faiss.knn_hamming_unchecked(q, run.chunks[0][: run.n], min(int(k), run.n))
             return dist, run.ids[pos]
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         for run in self.runs:
@@ -338,6 +339,6 @@ class FlatSegment:
                     database = self.cache.get(serial, compared, build)
                 else:
                     database = codes
-                dist, pos = _faiss.knn_hamming(q, database, min(k, codes.shape[0]))
+                dist, pos = _faiss.knn_hamming_unchecked(q, database, min(int(k), codes.shape[0]))
                 parts.append((dist, run.ids[start + pos]))
         return merge_by_distance(parts, k)
