@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,6 +45,9 @@ __all__ = [
 
 #: Code sizes in bytes for which faiss has a specialised Hamming kernel.
 FAST_CODE_SIZES: tuple[int, ...] = (4, 8, 16, 20, 32, 64)
+
+
+_heaps = threading.local()  # knn_hamming_unchecked's heap descriptor (it holds pointers into the call's arrays)
 
 
 @functools.cache
@@ -174,7 +178,9 @@ def knn_hamming_unchecked(queries: np.ndarray, database: np.ndarray, k: int) -> 
     positions = np.empty((nq, k), dtype=np.int64)
     if nq == 0:
         return distances, positions
-    heap = faiss.int_maxheap_array_t()
+    heap = getattr(_heaps, "heap", None)
+    if heap is None:  # one result-heap descriptor per thread, refilled per call (building one costs about 1 µs)
+        heap = _heaps.heap = faiss.int_maxheap_array_t()
     heap.k = k
     heap.nh = nq
     heap.ids = faiss.swig_ptr(positions)

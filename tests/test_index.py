@@ -309,6 +309,23 @@ def test_searches_between_changes_see_every_segment_created_or_dropped(tmp_path:
     check(TruncatedHammingIndex.load(tmp_path / "index.safetensors"))
 
 
+def test_searches_from_several_python_threads_give_the_sequential_results():
+    """knn_hamming_unchecked keeps one faiss heap descriptor per thread; concurrent searches must not share it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(12)
+    index = TruncatedHammingIndex()
+    for n_bits in (16, 40, 64):
+        index.add(random_codes(rng, 20_000, n_bits))
+    queries = [random_codes(rng, int(rng.integers(1, 4)), 64) for _ in range(200)]
+    expected = [index.search(q, 9) for q in queries]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda q: index.search(q, 9), queries))
+    for a, b in zip(expected, got, strict=True):
+        np.testing.assert_array_equal(a.ids, b.ids)
+        np.testing.assert_array_equal(a.distances, b.distances)
+
+
 def test_threads_are_restored_and_do_not_change_results():
     rng = np.random.default_rng(5)
     one, two = TruncatedHammingIndex(threads=1), TruncatedHammingIndex(threads=2)
