@@ -13,13 +13,15 @@ comparison isolates what each part is worth:
 ``"pbeh-no-stored"``      pbeh without the stored-code term (the ablation of :func:`pbeh.losses.stored_code_loss`).
 ``"pbeh-no-centers"``     pbeh without the class-centre term (the ablation of :class:`pbeh.centers.ClassCenters`).
 ``"pbeh-no-prior"``       pbeh without the class prior in query codes (the ablation of :mod:`pbeh.class_prior`).
+``"pbeh-no-previous"``    pbeh without the previous-model term (the ablation of
+                          :func:`pbeh.losses.previous_model_loss`).
 ``"pbeh-reference"``      PBEH as released: cross-batch attention, randn prompts on raw features, old bit rows
                           keep training at 0.1·lr, epoch selection on the test queries (optimistic), no replay.
                           Only the recipe: epochs, batch, lr and heads come from the caller (the released
                           settings are :meth:`TrainerConfig.reference` and heads of 4096).
 ``"fixed-length"``        pbeh's defaults, never extend.
 ``"finetune"``            no prompt context, no anchor, no stored-code term, no class centres (and so no class
-                          prior): heads fine-tuned task after task, never extended.
+                          prior), no previous-model term: heads fine-tuned task after task, never extended.
 ``"joint"``               all tasks' training data at once (the upper bound; not continual).
 ========================  ==================================================================================
 """
@@ -39,7 +41,8 @@ from .trainer import ContinualTrainer, TrainerConfig
 __all__ = ["METHODS", "build_trainer", "run_method"]
 
 METHODS = (
-    "pbeh", "pbeh-no-replay", "pbeh-no-stored", "pbeh-no-centers", "pbeh-no-prior", "pbeh-reference",
+    "pbeh", "pbeh-no-replay", "pbeh-no-stored", "pbeh-no-centers", "pbeh-no-prior", "pbeh-no-previous",
+    "pbeh-reference",
     "fixed-length", "finetune", "joint",
 )  # fmt: skip
 
@@ -88,6 +91,9 @@ def build_trainer(
         weights = LossWeights.pbeh(class_centers=0.0)
     elif method == "pbeh-no-prior":
         cfg = dataclasses.replace(base, class_prior=0.0)
+    elif method == "pbeh-no-previous":
+        cfg = base
+        weights = LossWeights.pbeh(previous_model=0.0)
     elif method == "pbeh-reference":
         cfg = dataclasses.replace(
             base,
@@ -110,7 +116,7 @@ def build_trainer(
     elif method == "finetune":
         cfg = dataclasses.replace(base, prototype_replay=0)
         policy = NeverExtend()
-        weights = LossWeights.pbeh(anchor=0.0, stored_codes=0.0, class_centers=0.0)
+        weights = LossWeights.pbeh(anchor=0.0, stored_codes=0.0, class_centers=0.0, previous_model=0.0)
         use_prompts = False
     elif method == "joint":
         cfg = base

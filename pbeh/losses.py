@@ -46,6 +46,7 @@ __all__ = [
     "distill_loss",
     "label_similarity",
     "pbeh_loss",
+    "previous_model_loss",
     "quantization_loss",
     "sign",
     "similarity_loss",
@@ -463,6 +464,32 @@ def center_loss(h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (1.0 - cos).mean()
 
 
+def previous_model_loss(h: torch.Tensor, h_previous: torch.Tensor) -> torch.Tensor:
+    """Previous-model term ``mean_i (1 − cos(h_i[:K'], p_i))`` (pbeh): the outputs stay where a frozen copy of the
+    model, taken when the task began, puts the same items.
+
+    ``p`` ``(B, K')`` are that copy's outputs for the batch (real items and replayed pseudo items alike), ``K' <= K``
+    (a copy taken before an extension compares the bits it had). This is Learning without Forgetting (Li and Hoiem,
+    2016) on the hash outputs: the heads keep mapping the feature region the current task's items cover the way they
+    did, which is where earlier tasks' queries of similar items lie.
+
+    Example:
+        >>> h = torch.tensor([[1.0, 0.0, 5.0], [0.0, 2.0, -1.0]])
+        >>> float(previous_model_loss(h, torch.tensor([[3.0, 0.0], [0.0, 1.0]])))  # same directions on 2 bits
+        0.0
+    """
+    h = _check_matrix(h, "h")
+    h_previous = _check_matrix(h_previous, "h_previous")
+    if h_previous.shape[0] != h.shape[0] or h_previous.shape[1] > h.shape[1]:
+        raise ValueError(
+            f"h_previous: expected {h.shape[0]} rows of at most {h.shape[1]} bits like h, got {tuple(h_previous.shape)}"
+        )
+    if h.shape[0] == 0:
+        return h.new_zeros(())
+    cos = F.cosine_similarity(h[:, : h_previous.shape[1]], h_previous.to(h.dtype), dim=1, eps=_COSINE_EPS)
+    return (1.0 - cos).mean()
+
+
 def batch_mode_center(codes: torch.Tensor) -> torch.Tensor:
     """Per-bit majority ("mode") centre ``sign(Σ_i codes_i)`` with a straight-through gradient to the column mean.
 
@@ -547,6 +574,9 @@ class LossWeights:
     codes of earlier tasks (:func:`stored_code_loss`), off in the reference; :meth:`pbeh` turns it on.
     ``class_centers`` weighs pbeh's class-centre term (:func:`center_loss` toward the fixed per-class target codes
     of :class:`pbeh.centers.ClassCenters`, added by the trainer), off in the reference; :meth:`pbeh` turns it on.
+    ``previous_model`` weighs pbeh's previous-model term (:func:`previous_model_loss` against a frozen copy of the
+    model as the task began, added by the trainer from the second task on), off in the reference; :meth:`pbeh`
+    turns it on.
 
     Example:
         >>> LossWeights().distill, LossWeights.reference_coco().distill
@@ -565,6 +595,7 @@ class LossWeights:
     center_separation: float = 0.0
     stored_codes: float = 0.0
     class_centers: float = 0.0
+    previous_model: float = 0.0
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -578,7 +609,14 @@ class LossWeights:
     @classmethod
     def pbeh(cls, **overrides: float) -> LossWeights:
         """pbeh's default weights: the reference's, with the stored-code term on (``stored_codes=30``), the class-centre
-        term on (``class_centers=100``) and the supervised contrastive term at 10 instead of 1.
+        term on (``class_centers=100``), the previous-model term on (``previous_model=30``) and the supervised
+        contrastive term at 10 instead of 1.
+
+        The previous-model weight (:func:`previous_model_loss`; 3 seeds x 16/32/64 bits against weight 0, unified
+        I→T / T→I and BWT I→T / T→I per length): Wikipedia-5 −0.003 / +0.002, +0.008 / +0.004, −0.004 / +0.015 with
+        BWT +0.006 / −0.008, +0.009 / +0.008, +0.009 / +0.012; MIRFLICKR730-4 −0.001 / +0.011, −0.002 / −0.002,
+        +0.007 / +0.001 with BWT −0.001 / +0.006, −0.002 / +0.008, +0.006 / −0.003. Weights 10, 60 and 100 (32 bits,
+        one training per seed) were no better on both sets (docs/design.md).
 
         The class-centre weight: at 16 bits, one seed, the unified score (every query against one index of every
         task) rose with it from 0.125/0.127 (weight 0) to 0.466/0.488 (50) and 0.507/0.532 (100) on synthetic-100
@@ -597,7 +635,9 @@ class LossWeights:
         fell from −0.03 to −0.06: new tasks' codes keep out of old tasks' Hamming regions, at the price of old
         queries drifting more. ``stored_codes=0`` restores the per-task-first trade-off.
         """
-        return cls(**{"stored_codes": 30.0, "contrastive": 10.0, "class_centers": 100.0, **overrides})
+        return cls(
+            **{"stored_codes": 30.0, "contrastive": 10.0, "class_centers": 100.0, "previous_model": 30.0, **overrides}
+        )
 
     @classmethod
     def reference_coco(cls, **overrides: float) -> LossWeights:

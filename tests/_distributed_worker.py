@@ -50,9 +50,10 @@ def gather_check(ctx, out: dict) -> None:
 
 def step_check(ctx, out: dict) -> None:
     """One DDP step's gradients (after DDP's all-reduce) against one process's gradients of the same global batch,
-    with every loss term on: pairwise and contrastive terms, distillation, prompt-hash anchors, stored codes and
-    replayed pseudo items, and a batch whose last share is one row shorter."""
+    with every loss term on: pairwise and contrastive terms, distillation, prompt-hash anchors, stored codes, the
+    previous-model term and replayed pseudo items, and a batch whose last share is one row shorter."""
     import copy
+    import dataclasses
 
     from pbeh.data import synthetic_stream
     from pbeh.trainer import ContinualTrainer, TrainerConfig, _tensor
@@ -63,6 +64,12 @@ def step_check(ctx, out: dict) -> None:
         stream, n_bits=8, hidden_dims=(16,), config=TrainerConfig(epochs=1, batch_size=32, prototype_replay=7)
     )
     trainer.fit([stream[0]])
+    trainer.loss_weights = dataclasses.replace(trainer.loss_weights, previous_model=30.0)
+    # a reference model moved off the current one, so that the previous-model term has a gradient
+    previous = copy.deepcopy(trainer.model).eval().requires_grad_(False)
+    with torch.no_grad():
+        for param in previous.parameters():
+            param.add_(0.1 * torch.randn(param.shape, generator=torch.Generator().manual_seed(2)))
     task = stream[1]
     image, text, labels = (_tensor(x, trainer.device) for x in (task.train.image, task.train.text, task.train.labels))
     # stored anchors moved off the current ones, so that the L1 anchor term has a gradient
@@ -81,14 +88,19 @@ def step_check(ctx, out: dict) -> None:
         torch.cat([part[idx], _tensor(extra, trainer.device)])
         for part, extra in zip((image, text, labels), pseudo, strict=True)
     ]
-    ref_loss, _ = reference._loss(*batch, 1, anchors, targets)
+    ref_loss, ref_terms = reference._loss(*batch, 1, anchors, targets, previous)
+    assert ref_terms["previous_model"] > 0
     ref_loss.backward()
     ref_grads = {n: p.grad for n, p in reference.model.named_parameters() if p.grad is not None}
 
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.0)  # keeps the parameters; the gradients stay for the comparison
     module = wrap_for_training(trainer.model, ctx)
-    loss, _ = trainer._distributed_step(module, optimizer, ctx, share, (image, text, labels), pseudo, anchors, targets)
+    loss, terms = trainer._distributed_step(
+        module, optimizer, ctx, share, (image, text, labels), pseudo, anchors, targets, previous
+    )
+    expected_term = ref_terms["previous_model"]
+    out["step_previous_relative"] = abs(terms["previous_model"] - expected_term) / expected_term
     grads = {n: p.grad for n, p in trainer.model.named_parameters() if p.grad is not None}
     assert sorted(grads) == sorted(ref_grads), sorted(set(grads) ^ set(ref_grads))
     scale = max(float(g.abs().max()) for g in ref_grads.values())

@@ -115,6 +115,7 @@ def test_build_trainer_configures_each_method(stream, tmp_path):
     assert finetune.loss_weights.anchor == 0.0
     assert finetune.loss_weights.stored_codes == 0.0
     assert finetune.loss_weights.class_centers == 0.0
+    assert finetune.loss_weights.previous_model == 0.0  # nothing of pbeh's against forgetting
     assert build_trainer("pbeh-no-centers", stream, **common).loss_weights == LossWeights.pbeh(class_centers=0.0)
     # otherwise the same recipe as pbeh, so the comparison isolates prompts, anchor and stored codes
     assert finetune.loss_weights.contrastive == build_trainer("pbeh", stream, **common).loss_weights.contrastive

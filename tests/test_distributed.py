@@ -260,6 +260,7 @@ def test_ddp_step_gradient_equals_one_process(two_ranks):
         assert info["step_batch"] == [31, [16, 15]]
         assert info["step_grad_relative"] < 1e-5
         assert info["step_loss_relative"] < 1e-6
+        assert info["step_previous_relative"] < 1e-6
 
 
 def test_ranks_end_identical(two_ranks):

@@ -384,9 +384,11 @@ def test_center_separation_errors():
 # ---------------------------------------------------------------------------------------------------- weights
 def test_loss_weights_defaults_are_the_reference():
     w = LossWeights()
-    assert dataclasses.astuple(w) == (0.1, 100.0, 1.0, 10.0, 1.0, 200.0, 0.1, 0.0, 0.0, 0.0)
-    assert LossWeights.pbeh() == dataclasses.replace(w, stored_codes=30.0, contrastive=10.0, class_centers=100.0)
-    assert LossWeights.pbeh(stored_codes=0.0, contrastive=1.0, class_centers=0.0) == w
+    assert dataclasses.astuple(w) == (0.1, 100.0, 1.0, 10.0, 1.0, 200.0, 0.1, 0.0, 0.0, 0.0, 0.0)
+    assert LossWeights.pbeh() == dataclasses.replace(
+        w, stored_codes=30.0, contrastive=10.0, class_centers=100.0, previous_model=30.0
+    )
+    assert LossWeights.pbeh(stored_codes=0.0, contrastive=1.0, class_centers=0.0, previous_model=0.0) == w
     assert LossWeights.reference_coco().distill == 100.0
     assert LossWeights.reference_coco(anchor=1.0).anchor == 1.0
     assert LossWeights.reference_nuswide() == w
@@ -517,11 +519,12 @@ def test_pbeh_loss_errors():
         pbeh_loss(hv, ht, labels, weights=LossWeights(distill=0), anchor_stored=[hv.detach()])
 
 
-# stored_codes and class_centers are added by the trainer (they need the stored database / the centre table), not by
-# pbeh_loss.
-@pytest.mark.parametrize(
-    "name", [f.name for f in dataclasses.fields(LossWeights) if f.name not in ("stored_codes", "class_centers")]
-)
+# stored_codes, class_centers and previous_model are added by the trainer (they need the stored database, the centre
+# table, the task-start model), not by pbeh_loss.
+_TRAINER_TERMS = ("stored_codes", "class_centers", "previous_model")
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(LossWeights) if f.name not in _TRAINER_TERMS])
 def test_pbeh_loss_each_zero_weight_term_is_absent(name):
     hv, ht, labels, cross_image, cross_text = _batch(seed=80)
     center = torch.ones(8, dtype=DT)

@@ -201,6 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default: the method's, {loss_weight_default('stored_codes'):g} for pbeh)",
     )
     train.add_argument(
+        "--previous-model",
+        type=float,
+        default=None,
+        metavar="WEIGHT",
+        help="weight of the previous-model term (from the second task on, outputs stay near those of the model as "
+        "the task began, on the task's items and the replayed ones, so old queries keep meeting their stored codes); "
+        f"0 switches it off (default: the method's, {loss_weight_default('previous_model'):g} for pbeh)",
+    )
+    train.add_argument(
         "--class-prior",
         type=float,
         nargs="+",

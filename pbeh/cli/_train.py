@@ -102,7 +102,11 @@ def train_in_process(args: argparse.Namespace, progress: dict[str, bool], ctx: A
         extension_policy=extension_rule(args),
         loss_weight_overrides={
             name: value
-            for name, value in (("class_centers", args.class_centers), ("stored_codes", args.stored_codes))
+            for name, value in (
+                ("class_centers", args.class_centers),
+                ("stored_codes", args.stored_codes),
+                ("previous_model", args.previous_model),
+            )
             if value is not None
         },
         checkpoint_dir=args.out,

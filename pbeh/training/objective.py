@@ -28,7 +28,15 @@ from ..centers import ClassCenters
 from ..class_prior import prior_weights
 from ..data import Task
 from ..index import TruncatedHammingIndex
-from ..losses import LossWeights, anchor_loss, center_loss, label_similarity, pbeh_loss, stored_code_loss
+from ..losses import (
+    LossWeights,
+    anchor_loss,
+    center_loss,
+    label_similarity,
+    pbeh_loss,
+    previous_model_loss,
+    stored_code_loss,
+)
 from ..model import CrossModalHashModel
 from ..prototypes import ClassPrototypes
 from ._arrays import _tensor
@@ -133,6 +141,7 @@ class TrainerObjective:
         t: int,
         stored_anchors: list[torch.Tensor],
         stored_targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = (),  # type: ignore[assignment]
+        previous: CrossModalHashModel | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         w = self.loss_weights
         h_image, z_image = self.model(image, "image", return_z=True)
@@ -143,8 +152,9 @@ class TrainerObjective:
             cross_text = (h_text, self.model.hash_from_z(z_text, "image"))
         anchor_current = [self.model.anchor_codes(s) for s in range(len(stored_anchors))]
         return self._loss_from_outputs(
-            h_image, h_text, labels, cross_image, cross_text, stored_anchors, anchor_current, stored_targets
-        )
+            h_image, h_text, labels, cross_image, cross_text, stored_anchors, anchor_current, stored_targets,
+            _previous_outputs(previous, image, text),
+        )  # fmt: skip
 
     def _loss_from_outputs(
         self,
@@ -156,8 +166,10 @@ class TrainerObjective:
         stored_anchors: Sequence[torch.Tensor],
         anchor_current: Sequence[torch.Tensor],
         stored_targets: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        previous_outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The PBEH objective plus the stored-code term, from the batch's outputs."""
+        """The PBEH objective plus pbeh's terms (stored codes, class centres, previous model), from the batch's
+        outputs; ``previous_outputs`` are the task-start copy's outputs for the same rows (image, text)."""
         w = self.loss_weights
         total, terms = pbeh_loss(
             h_image,
@@ -186,6 +198,11 @@ class TrainerObjective:
             term = center_loss(h_image, targets) + center_loss(h_text, targets)
             total = total + w.class_centers * term
             terms["class_centers"] = float(term.detach())
+        if previous_outputs is not None and w.previous_model > 0:
+            p_image, p_text = previous_outputs
+            term = previous_model_loss(h_image, p_image) + previous_model_loss(h_text, p_text)
+            total = total + w.previous_model * term
+            terms["previous_model"] = float(term.detach())
         return total, terms
 
     def _distributed_step(
@@ -198,6 +215,7 @@ class TrainerObjective:
         pseudo: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
         stored_anchors: list[torch.Tensor],
         stored_targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        previous: CrossModalHashModel | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """One optimiser step of one rank under DDP; returns the global batch's loss (the same on every rank).
 
@@ -224,13 +242,16 @@ class TrainerObjective:
             counts.append([stop - begin for begin, stop in bounds])
         w = self.loss_weights
         outputs, anchor_current = step_module(local_image, local_text, len(stored_anchors), w.distill > 0)
-        widths = [part.shape[1] for part in outputs]
-        gathered = all_gather_rows(torch.cat(outputs, dim=1), counts, ctx).split(widths, dim=1)
+        previous_local = _previous_outputs(previous, local_image, local_text)  # gathered with the outputs (no grad)
+        parts = [*outputs, *(previous_local or ())]
+        widths = [part.shape[1] for part in parts]
+        gathered = all_gather_rows(torch.cat(parts, dim=1), counts, ctx).split(widths, dim=1)
         h_image, h_text = gathered[0], gathered[1]
         cross_image = (h_image, gathered[2]) if w.distill > 0 else None
         cross_text = (h_text, gathered[3]) if w.distill > 0 else None
+        previous_outputs = (gathered[-2].detach(), gathered[-1].detach()) if previous_local is not None else None
         batch_loss, terms = self._loss_from_outputs(
-            h_image, h_text, global_labels, cross_image, cross_text, [], [], stored_targets
+            h_image, h_text, global_labels, cross_image, cross_text, [], [], stored_targets, previous_outputs
         )
         total, to_backward = batch_loss, batch_loss * ctx.world_size
         if stored_anchors:
@@ -242,6 +263,16 @@ class TrainerObjective:
         to_backward.backward()
         optimizer.step()
         return total.detach(), terms
+
+
+def _previous_outputs(
+    previous: CrossModalHashModel | None, image: torch.Tensor, text: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The task-start copy's outputs for the rows (no gradient), or None without a copy."""
+    if previous is None:
+        return None
+    with torch.no_grad():
+        return previous(image, "image"), previous(text, "text")
 
 
 def _fan_in_scale(param: torch.Tensor, reference: int | None) -> float:

@@ -522,6 +522,11 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
         if replay is not None and cfg.replay_spread == "translated" and len(self._prototypes[-1]):
             deviations = self._prototypes[-1].deviations(train.image, train.text, train.labels)
 
+        # The previous-model term's reference: the model as this task begins (after any extension), frozen.
+        previous = None
+        if t > 0 and self.loss_weights.previous_model > 0:
+            previous = copy.deepcopy(self.model).eval().requires_grad_(False)
+
         def pseudo_items() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             assert replay is not None
             return replay.sample(cfg.prototype_replay, replay_rng, noise=cfg.prototype_noise, deviations=deviations)
@@ -552,7 +557,7 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
                         batch = tuple(
                             torch.cat([part, _tensor(extra, device)]) for part, extra in zip(batch, pseudo, strict=True)
                         )
-                    loss, terms = self._loss(*batch, t, stored_anchors, stored_targets)
+                    loss, terms = self._loss(*batch, t, stored_anchors, stored_targets, previous)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
@@ -569,7 +574,7 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
                         pseudo = pseudo_items()
                     loss, terms = self._distributed_step(
                         step_module, optimizer, ctx, share, (image, text, labels), pseudo, stored_anchors,
-                        stored_targets,
+                        stored_targets, previous,
                     )  # fmt: skip
                     total += float(loss.detach())
                     batches += 1
