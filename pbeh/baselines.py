@@ -13,8 +13,8 @@ comparison isolates what each part is worth:
 ``"pbeh-no-stored"``      pbeh without the stored-code term (the ablation of :func:`pbeh.losses.stored_code_loss`).
 ``"pbeh-no-centers"``     pbeh without the class-centre term (the ablation of :class:`pbeh.centers.ClassCenters`).
 ``"pbeh-no-prior"``       pbeh without the class prior in query codes (the ablation of :mod:`pbeh.class_prior`).
-``"pbeh-no-previous"``    pbeh without the previous-model term (the ablation of
-                          :func:`pbeh.losses.previous_model_loss`).
+``"pbeh-previous"``       pbeh with the previous-model term on (``LossWeights.previous_model=30``; off by default,
+                          see :func:`pbeh.losses.previous_model_loss`).
 ``"pbeh-reference"``      PBEH as released: cross-batch attention, randn prompts on raw features, old bit rows
                           keep training at 0.1·lr, epoch selection on the test queries (optimistic), no replay.
                           Only the recipe: epochs, batch, lr and heads come from the caller (the released
@@ -41,7 +41,7 @@ from .trainer import ContinualTrainer, TrainerConfig
 __all__ = ["METHODS", "build_trainer", "run_method"]
 
 METHODS = (
-    "pbeh", "pbeh-no-replay", "pbeh-no-stored", "pbeh-no-centers", "pbeh-no-prior", "pbeh-no-previous",
+    "pbeh", "pbeh-no-replay", "pbeh-no-stored", "pbeh-no-centers", "pbeh-no-prior", "pbeh-previous",
     "pbeh-reference",
     "fixed-length", "finetune", "joint",
 )  # fmt: skip
@@ -91,9 +91,9 @@ def build_trainer(
         weights = LossWeights.pbeh(class_centers=0.0)
     elif method == "pbeh-no-prior":
         cfg = dataclasses.replace(base, class_prior=0.0)
-    elif method == "pbeh-no-previous":
+    elif method == "pbeh-previous":
         cfg = base
-        weights = LossWeights.pbeh(previous_model=0.0)
+        weights = LossWeights.pbeh(previous_model=30.0)
     elif method == "pbeh-reference":
         cfg = dataclasses.replace(
             base,

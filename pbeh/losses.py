@@ -575,8 +575,8 @@ class LossWeights:
     ``class_centers`` weighs pbeh's class-centre term (:func:`center_loss` toward the fixed per-class target codes
     of :class:`pbeh.centers.ClassCenters`, added by the trainer), off in the reference; :meth:`pbeh` turns it on.
     ``previous_model`` weighs pbeh's previous-model term (:func:`previous_model_loss` against a frozen copy of the
-    model as the task began, added by the trainer from the second task on), off in the reference; :meth:`pbeh`
-    turns it on.
+    model as the task began, added by the trainer from the second task on), off in the reference and in
+    :meth:`pbeh` (an option: it trades unified mAP on many-class streams for backward transfer).
 
     Example:
         >>> LossWeights().distill, LossWeights.reference_coco().distill
@@ -609,14 +609,14 @@ class LossWeights:
     @classmethod
     def pbeh(cls, **overrides: float) -> LossWeights:
         """pbeh's default weights: the reference's, with the stored-code term on (``stored_codes=30``), the class-centre
-        term on (``class_centers=100``), the previous-model term on (``previous_model=30``) and the supervised
-        contrastive term at 10 instead of 1.
+        term on (``class_centers=100``) and the supervised contrastive term at 10 instead of 1. The previous-model term
+        stays off (``previous_model=0``; ``LossWeights.pbeh(previous_model=30)`` turns it on).
 
-        The previous-model weight (:func:`previous_model_loss`; 3 seeds x 16/32/64 bits against weight 0, unified
+        The previous-model weight (:func:`previous_model_loss`; 3 seeds x 16/32/64 bits, weight 30 against 0, unified
         I→T / T→I and BWT I→T / T→I per length): Wikipedia-5 −0.003 / +0.002, +0.008 / +0.004, −0.004 / +0.015 with
         BWT +0.006 / −0.008, +0.009 / +0.008, +0.009 / +0.012; MIRFLICKR730-4 −0.001 / +0.011, −0.002 / −0.002,
-        +0.007 / +0.001 with BWT −0.001 / +0.006, −0.002 / +0.008, +0.006 / −0.003. Weights 10, 60 and 100 (32 bits,
-        one training per seed) were no better on both sets (docs/design.md).
+        +0.007 / +0.001 with BWT −0.001 / +0.006, −0.002 / +0.008, +0.006 / −0.003; but openclipart-5 (16 bits, 3 seeds)
+        lost 0.011–0.020 in every cell (synthetic-100 level), so it is not the default (docs/design.md).
 
         The class-centre weight: at 16 bits, one seed, the unified score (every query against one index of every
         task) rose with it from 0.125/0.127 (weight 0) to 0.466/0.488 (50) and 0.507/0.532 (100) on synthetic-100
@@ -635,9 +635,7 @@ class LossWeights:
         fell from −0.03 to −0.06: new tasks' codes keep out of old tasks' Hamming regions, at the price of old
         queries drifting more. ``stored_codes=0`` restores the per-task-first trade-off.
         """
-        return cls(
-            **{"stored_codes": 30.0, "contrastive": 10.0, "class_centers": 100.0, "previous_model": 30.0, **overrides}
-        )
+        return cls(**{"stored_codes": 30.0, "contrastive": 10.0, "class_centers": 100.0, **overrides})
 
     @classmethod
     def reference_coco(cls, **overrides: float) -> LossWeights:

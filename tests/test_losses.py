@@ -385,10 +385,8 @@ def test_center_separation_errors():
 def test_loss_weights_defaults_are_the_reference():
     w = LossWeights()
     assert dataclasses.astuple(w) == (0.1, 100.0, 1.0, 10.0, 1.0, 200.0, 0.1, 0.0, 0.0, 0.0, 0.0)
-    assert LossWeights.pbeh() == dataclasses.replace(
-        w, stored_codes=30.0, contrastive=10.0, class_centers=100.0, previous_model=30.0
-    )
-    assert LossWeights.pbeh(stored_codes=0.0, contrastive=1.0, class_centers=0.0, previous_model=0.0) == w
+    assert LossWeights.pbeh() == dataclasses.replace(w, stored_codes=30.0, contrastive=10.0, class_centers=100.0)
+    assert LossWeights.pbeh(stored_codes=0.0, contrastive=1.0, class_centers=0.0) == w
     assert LossWeights.reference_coco().distill == 100.0
     assert LossWeights.reference_coco(anchor=1.0).anchor == 1.0
     assert LossWeights.reference_nuswide() == w

@@ -136,8 +136,8 @@ def test_weight_zero_makes_no_copy_and_changes_nothing():
 
 def test_the_ablation_method_and_the_command_line(tmp_path):
     stream = synthetic_stream(n_tasks=2, seed=4)
-    assert build_trainer("pbeh-no-previous", stream, n_bits=8).loss_weights.previous_model == 0.0
-    assert build_trainer("pbeh", stream, n_bits=8).loss_weights == LossWeights.pbeh()
+    assert build_trainer("pbeh-previous", stream, n_bits=8).loss_weights == LossWeights.pbeh(previous_model=30.0)
+    assert build_trainer("pbeh", stream, n_bits=8).loss_weights.previous_model == 0.0  # an option, not the default
     from pbeh.cli import main
     from pbeh.training.checkpoints import checkpoint_state_dir
 
