@@ -133,6 +133,38 @@ def test_search_matches_brute_force_for_every_policy(scenario):
         check_against_reference(result, brute_force(stored, query, k, score), k, score)
 
 
+@given(index_scenarios())
+def test_one_query_equals_its_row_of_a_batch(scenario):
+    """A single query is merged in Python lists (TruncatedHammingIndex._search_one), a batch with numpy
+    (_search_block); both must give the same row, fill values included, for every policy."""
+    batches, query, k = scenario
+    index, _ = build(batches)
+    batch = Codes.concatenate([query, query])  # at least two queries: the batch path
+    for score in SCORE_POLICIES:
+        together = index.search(batch, k, score=score)
+        for i in range(len(query)):
+            alone = index.search(query[i : i + 1], k, score=score)
+            for field in ("ids", "distances", "scores", "n_bits_compared"):
+                np.testing.assert_array_equal(getattr(alone, field)[0], getattr(together, field)[i], err_msg=field)
+            assert alone.score == score
+
+
+def test_one_query_with_many_candidates_takes_the_batch_merge(monkeypatch):
+    """Above the candidate bound (k x segments) one query is merged like a batch; the results are the same."""
+    from pbeh.index import _core
+
+    rng = np.random.default_rng(14)
+    index = TruncatedHammingIndex()
+    stored = [(codes, index.add(codes)) for codes in (random_codes(rng, 300, 20), random_codes(rng, 300, 40))]
+    query = random_codes(rng, 1, 40)
+    lean = index.search(query, 200)
+    monkeypatch.setattr(_core, "_ONE_QUERY_CANDIDATES", 0)
+    batched = index.search(query, 200)
+    for field in ("ids", "distances", "scores", "n_bits_compared"):
+        np.testing.assert_array_equal(getattr(lean, field), getattr(batched, field), err_msg=field)
+    check_against_reference(lean, brute_force(stored, query, 200, "zscore"), 200, "zscore")
+
+
 @given(st.integers(1, 130), st.integers(1, 130), st.integers(0, 2**32 - 1))
 def test_distances_are_symmetric(a_bits, b_bits, seed):
     rng = np.random.default_rng(seed)

@@ -558,6 +558,9 @@ def test_merge_with_missing_ivf_candidates_equals_a_plain_merge_of_the_segment_a
             assert (result.distances[i, width:] == -1).all()
             assert (result.scores[i, width:] == -np.inf).all()
             assert (result.n_bits_compared[i, width:] == 0).all()
+            one = index.search(queries[i : i + 1], k, score=score)  # one query: merged in Python lists
+            for field in ("ids", "distances", "scores", "n_bits_compared"):
+                np.testing.assert_array_equal(getattr(one, field)[0], getattr(result, field)[i], err_msg=field)
 
 
 def test_ivf_index_saves_the_same_file_and_loads_into_any_backend(tmp_path: Path):
