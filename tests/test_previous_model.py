@@ -50,7 +50,7 @@ def test_bad_input_names_the_argument(h, p, error, match):
 
 
 def test_weights_saved_before_the_term_load_with_it_off():
-    saved = {k: v for k, v in LossWeights.pbeh().to_dict().items() if k != "previous_model"}
+    saved = {k: v for k, v in LossWeights.pbeh(previous_model=30.0).to_dict().items() if k != "previous_model"}
     assert LossWeights.from_dict(saved).previous_model == 0.0  # how such a run trained
     assert LossWeights.from_dict(LossWeights.pbeh().to_dict()) == LossWeights.pbeh()
     with pytest.raises(ValueError, match=r"previous_model: expected a finite weight >= 0, got -1"):

@@ -92,7 +92,7 @@ class TruncatedHammingIndex:
         self._cache = TruncationCache(check_int(cache_bytes, "cache_bytes", minimum=0))
         self._segments: dict[int, Any] = self._backend.open_segments(self._cache)
         self._tables: dict[tuple[str, tuple[int, ...]], tuple[list, list, tuple]] = {}
-        self._plans: dict[tuple[str, int], tuple[list, tuple[int, ...], list, list, tuple]] = {}
+        self._plans: dict[tuple[str, int], tuple[list, tuple[int, ...], list, list, tuple, tuple]] = {}  # _plan
         self._next_id = max((int(seg.ids()[-1]) + 1 for seg in self._segments.values() if len(seg)), default=0)
 
     # ------------------------------------------------------------------ info
