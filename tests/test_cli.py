@@ -539,3 +539,24 @@ def test_search_needs_exactly_one_kind_of_query(run_dir, tmp_path, capsys):
     np.save(tmp_path / "q.npy", np.zeros((1, 32), dtype=np.float32))
     assert main(["search", str(out), "--features", str(tmp_path / "q.npy")]) == 1
     assert "--modality: say which modality" in capsys.readouterr().err
+
+
+def test_search_names_what_is_wrong_with_the_features_file(run_dir, tmp_path, capsys):
+    out, _, _ = run_dir
+    junk, archive, objects, truncated = (tmp_path / n for n in ("junk.npy", "q.npz", "obj.npy", "cut.npy"))
+    junk.write_bytes(b"not numpy at all")
+    np.savez(archive, q=np.zeros((1, 32), dtype=np.float32))
+    np.save(objects, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(truncated, np.zeros((4, 32), dtype=np.float32))
+    truncated.write_bytes(truncated.read_bytes()[:-40])
+    expected = {
+        junk: "is not a .npy file (no NumPy header); write it with numpy.save",
+        archive: "is an .npz archive; save the query features alone with numpy.save",
+        objects: "is not a readable .npy array (Object arrays cannot be loaded when allow_pickle=False)",
+        truncated: "is not a readable .npy array",
+    }
+    for path, message in expected.items():
+        assert main(["search", str(out), "--modality", "image", "--features", str(path)]) == 1
+        err = capsys.readouterr().err
+        assert f"--features: {str(path)!r} {message}" in err, err
+        assert "Traceback" not in err

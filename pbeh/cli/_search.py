@@ -82,10 +82,17 @@ def query_features(args: argparse.Namespace, width: int, what: str) -> np.ndarra
     """The ``--features`` file as a float32 (n, width) array, or a UserError naming what is wrong."""
     if not args.features.is_file():
         raise UserError(f"--features: no such file {str(args.features)!r}")
+    name = str(args.features)
     try:
+        with open(args.features, "rb") as file:
+            magic = file.read(6)
+        if magic[:2] == b"PK":  # np.load would hand back an NpzFile of several arrays
+            raise UserError(f"--features: {name!r} is an .npz archive; save the query features alone with numpy.save")
+        if magic != b"\x93NUMPY":  # np.load would try it as a pickle and say so, which misleads here
+            raise UserError(f"--features: {name!r} is not a .npy file (no NumPy header); write it with numpy.save")
         feats = np.load(args.features, allow_pickle=False)
     except (ValueError, OSError) as exc:
-        raise UserError(f"--features: {str(args.features)!r} is not a readable .npy array ({exc})") from exc
+        raise UserError(f"--features: {name!r} is not a readable .npy array ({exc})") from exc
     if feats.ndim == 1:
         feats = feats[None, :]
     if feats.ndim != 2 or feats.shape[1] != width:
