@@ -13,6 +13,8 @@ comparison isolates what each part is worth:
 ``"pbeh-no-stored"``      pbeh without the stored-code term (the ablation of :func:`pbeh.losses.stored_code_loss`).
 ``"pbeh-no-centers"``     pbeh without the class-centre term (the ablation of :class:`pbeh.centers.ClassCenters`).
 ``"pbeh-no-prior"``       pbeh without the class prior in query codes (the ablation of :mod:`pbeh.class_prior`).
+``"pbeh-center-prior"``   pbeh with the class prior aimed at the class centres instead of the classes' stored
+                          codes (``TrainerConfig.prior_targets="centers"``, the default before stored targets).
 ``"pbeh-previous"``       pbeh with the previous-model term on (``LossWeights.previous_model=30``; off by default,
                           see :func:`pbeh.losses.previous_model_loss`).
 ``"pbeh-reference"``      PBEH as released: cross-batch attention, randn prompts on raw features, old bit rows
@@ -41,8 +43,8 @@ from .trainer import ContinualTrainer, TrainerConfig
 __all__ = ["METHODS", "build_trainer", "run_method"]
 
 METHODS = (
-    "pbeh", "pbeh-no-replay", "pbeh-no-stored", "pbeh-no-centers", "pbeh-no-prior", "pbeh-previous",
-    "pbeh-reference",
+    "pbeh", "pbeh-no-replay", "pbeh-no-stored", "pbeh-no-centers", "pbeh-no-prior", "pbeh-center-prior",
+    "pbeh-previous", "pbeh-reference",
     "fixed-length", "finetune", "joint",
 )  # fmt: skip
 
@@ -91,6 +93,8 @@ def build_trainer(
         weights = LossWeights.pbeh(class_centers=0.0)
     elif method == "pbeh-no-prior":
         cfg = dataclasses.replace(base, class_prior=0.0)
+    elif method == "pbeh-center-prior":
+        cfg = dataclasses.replace(base, prior_targets="centers")
     elif method == "pbeh-previous":
         cfg = base
         weights = LossWeights.pbeh(previous_model=30.0)

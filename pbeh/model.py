@@ -546,6 +546,10 @@ class CrossModalHashModel(nn.Module):
         expected = model.state_dict()
         if "class_prior" not in config:  # saved before the class prior: its empty table is all there is to load
             arrays = {**arrays, **{k: v.numpy() for k, v in expected.items() if k.startswith("class_prior.")}}
+        elif "class_prior.codes" in arrays and "class_prior.image_codes" not in arrays:
+            # saved before the per-modality targets: one table of centres served the queries of both modalities
+            shared = arrays.pop("class_prior.codes")
+            arrays = {**arrays, "class_prior.image_codes": shared, "class_prior.text_codes": shared}
         missing = sorted(set(expected) - set(arrays))
         unexpected = sorted(set(arrays) - set(expected))
         if missing or unexpected:

@@ -183,3 +183,17 @@ def test_same_seed_same_result(results, stream):
 def test_unknown_method_names_the_allowed_ones(stream, function):
     with pytest.raises(ValueError, match=re.escape(f"method: expected one of {METHODS}, got 'pbeh-v2'")):
         function("pbeh-v2", stream, n_bits=N_BITS, hidden_dims=(16,), config=make_config())
+
+
+def test_the_center_prior_method_differs_from_pbeh_in_its_query_targets_only(results, stream):
+    pbeh, _ = results["pbeh"]
+    centred, _ = results["pbeh-center-prior"]
+    assert centred.config.prior_targets == "centers"
+    assert pbeh.config.prior_targets == "stored"
+    for task in stream:  # the same training and stored codes
+        ids = task.database.ids
+        assert pbeh.image_index.get_codes(ids) == centred.image_index.get_codes(ids)
+        assert pbeh.text_index.get_codes(ids) == centred.text_index.get_codes(ids)
+    prior = centred.model.class_prior
+    torch.testing.assert_close(prior.image_codes, prior.text_codes)  # one table of centres for both
+    assert not torch.equal(pbeh.model.class_prior.image_codes, prior.image_codes)

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pbeh.class_prior import ClassPrior
+from pbeh.class_prior import ClassPrior, stored_code_targets
 from pbeh.data import synthetic_stream
 from pbeh.extension import FixedSchedule, NeverExtend
 from pbeh.losses import LossWeights
@@ -184,8 +184,8 @@ def test_a_damaged_prior_config_is_a_format_error(tmp_path, prior):
         CrossModalHashModel.from_pretrained(tmp_path / "m")
 
 
-def _trainer(stream, *, prior=1.0, centers=50.0, policy=None):
-    cfg = TrainerConfig(epochs=2, batch_size=32, eval_k=None, eval_every=1, class_prior=prior)
+def _trainer(stream, *, prior=1.0, centers=50.0, policy=None, targets="stored"):
+    cfg = TrainerConfig(epochs=2, batch_size=32, eval_k=None, eval_every=1, class_prior=prior, prior_targets=targets)
     return ContinualTrainer.for_stream(
         stream, n_bits=8, hidden_dims=(16,), config=cfg, extension_policy=policy or NeverExtend(),
         loss_weights=LossWeights.pbeh(class_centers=centers),
@@ -194,21 +194,22 @@ def _trainer(stream, *, prior=1.0, centers=50.0, policy=None):
 
 def test_the_trainer_fits_the_prior_to_every_class_seen_and_resumes_it(tmp_path):
     stream = synthetic_stream(n_tasks=2, seed=1, multi_label=False)
-    trainer = _trainer(stream, policy=FixedSchedule(bits_per_task=4))
+    trainer = _trainer(stream, policy=FixedSchedule(bits_per_task=4), targets="centers")
     trainer.fit_task(stream[0])
     prior = trainer.model.class_prior
     train = stream[0].train
     first = np.flatnonzero(train.labels.any(axis=0))
     assert prior.n_classes == len(first)
     assert prior.weights == {"image": 1.0, "text": 1.0}
-    np.testing.assert_array_equal(prior.codes.numpy(), trainer._centers.centers[first])
+    np.testing.assert_array_equal(prior.image_codes.numpy(), trainer._centers.centers[first])
+    np.testing.assert_array_equal(prior.text_codes.numpy(), trainer._centers.centers[first])
     for row, c in enumerate(first):
         mean = train.image[train.labels[:, c] > 0].mean(axis=0)
         np.testing.assert_allclose(prior.image_mean.numpy()[row], mean, rtol=1e-5, atol=1e-6)
     trainer.fit_task(stream[1])
     seen = np.flatnonzero(train.labels.any(axis=0) | stream[1].train.labels.any(axis=0))
     assert trainer.model.class_prior.n_classes == len(seen)
-    assert trainer.model.class_prior.codes.shape[1] == trainer.model.n_bits == 12
+    assert trainer.model.class_prior.n_bits == trainer.model.n_bits == 12
     trainer.save(tmp_path / "state")
     loaded = ContinualTrainer.load(tmp_path / "state")
     x = stream[0].query.image
@@ -246,7 +247,7 @@ def test_a_failed_task_rolls_the_prior_back(monkeypatch):
     stream = synthetic_stream(n_tasks=2, seed=1, multi_label=False)
     trainer = _trainer(stream)
     trainer.fit_task(stream[0])
-    before = trainer.model.class_prior.codes.clone()
+    before = {name: value.clone() for name, value in trainer.model.class_prior.state_dict().items()}
     assert trainer.model.class_prior.active
 
     def boom(*args, **kwargs):
@@ -255,7 +256,8 @@ def test_a_failed_task_rolls_the_prior_back(monkeypatch):
     monkeypatch.setattr(trainer, "_train_task", boom)
     with pytest.raises(RuntimeError, match="boom"):
         trainer.fit_task(stream[1])
-    assert torch.equal(trainer.model.class_prior.codes, before)
+    after = trainer.model.class_prior.state_dict()
+    assert all(torch.equal(after[name], before[name]) for name in before)
     assert len(trainer._prototypes) == 1
 
 
@@ -350,3 +352,129 @@ def test_merged_prototypes_match_a_per_class_loop():
             )
             expected_std = np.sqrt((getattr(every, f"{m}_std")[rows].astype(np.float64) ** 2).mean(0))
             np.testing.assert_allclose(getattr(merged, f"{m}_std")[row], expected_std, rtol=1e-6)
+
+
+def _majority_reference(centers: np.ndarray, blocks: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Class by class and bit by bit: count the +1 and -1 votes of the codes whose item carries the class and whose
+    length reaches the bit; the majority, or the centre's bit."""
+    out = np.array(centers, dtype=np.float32)
+    for c in range(centers.shape[0]):
+        for j in range(centers.shape[1]):
+            plus = minus = 0
+            for signs, member in blocks:
+                for row in range(len(signs)):
+                    if member[row, c] and j < signs.shape[1]:
+                        plus += signs[row, j] > 0
+                        minus += signs[row, j] < 0
+            if plus != minus:
+                out[c, j] = 1.0 if plus > minus else -1.0
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_classes=st.integers(1, 4),
+    n_bits=st.integers(1, 9),
+    lengths=st.lists(st.integers(1, 12), min_size=0, max_size=3),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_stored_code_targets_match_a_vote_by_vote_count(n_classes, n_bits, lengths, seed):
+    rng = np.random.default_rng(seed)
+    centers = rng.choice([-1.0, 1.0], size=(n_classes, n_bits))
+    blocks = [
+        (rng.choice([-1.0, 1.0], size=(n, k)), rng.random((n, n_classes)) < 0.5)
+        for k in lengths
+        for n in [int(rng.integers(0, 6))]
+    ]
+    got = stored_code_targets(centers, blocks)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, _majority_reference(centers, blocks))
+
+
+def test_stored_code_targets_keep_the_centre_on_a_tie_and_where_nothing_is_stored():
+    centers = np.array([[1.0, -1.0, 1.0, 1.0], [-1.0, -1.0, -1.0, -1.0]])
+    signs = np.array([[-1.0, 1.0, -1.0], [1.0, 1.0, -1.0]])  # 3 bits stored, class 0 only
+    member = np.array([[True, False], [True, False]])
+    got = stored_code_targets(centers, [(signs, member)])
+    # bit 0 ties (centre +1), bits 1 and 2 agree, bit 3 was never stored; class 1 has no stored item
+    np.testing.assert_array_equal(got, [[1.0, 1.0, -1.0, 1.0], [-1.0, -1.0, -1.0, -1.0]])
+
+
+def test_stored_code_targets_bad_input_names_the_argument():
+    centers = np.ones((2, 4))
+    with pytest.raises(ValueError, match="centers: expected a 2-D array of ±1"):
+        stored_code_targets(np.zeros((2, 4)), [])
+    with pytest.raises(ValueError, match=r"stored\[0\]: expected signs \(n, K_s\) and member \(n, 2\)"):
+        stored_code_targets(centers, [(np.ones((3, 4)), np.ones((3, 3), bool))])
+    member = np.ones((1, 2), bool)
+    with pytest.raises(ValueError, match=r"stored\[1\]: signs must be ±1"):
+        stored_code_targets(centers, [(np.ones((1, 4)), member), (np.zeros((1, 4)), member)])
+
+
+def test_the_trainer_aims_queries_at_the_codes_stored_for_their_classes():
+    """After every task each class's target for image queries is the majority of its stored text codes, and for
+    text queries of its stored image codes, checked vote by vote; classes whose codes are not stored yet (during
+    training) keep their centre; and only query codes differ from a run aimed at the centres."""
+    stream = synthetic_stream(n_tasks=2, seed=3, multi_label=True)
+    stored, centred = _trainer(stream, policy=FixedSchedule(bits_per_task=4)), None
+    centred = _trainer(stream, policy=FixedSchedule(bits_per_task=4), targets="centers")
+    seen_during_training = {}
+
+    original = stored._train_task
+
+    def spy(t, *args):
+        prior = stored.model.class_prior
+        seen_during_training[t] = {m: getattr(prior, f"{m}_codes").clone() for m in ("image", "text")}
+        return original(t, *args)
+
+    stored._train_task = spy
+    for t, task in enumerate(stream):
+        stored.fit_task(task)
+        centred.fit_task(task)
+        prior = stored.model.class_prior
+        classes = np.flatnonzero(np.any([s.labels.any(axis=0) for s in stored._stored], axis=0))
+        centers = stored._centers.centers[classes]
+        for query, index in (("image", stored.text_index), ("text", stored.image_index)):
+            blocks = [(index.get_codes(s.ids).to_signs(), s.labels[:, classes] > 0) for s in stored._stored]
+            expected = _majority_reference(centers, blocks)
+            np.testing.assert_array_equal(getattr(prior, f"{query}_codes").numpy(), expected)
+            if t == 1:  # while task 2 trained: task 1's classes at their stored majority, task 2's new ones at centres
+                new = ~np.isin(classes, np.flatnonzero(stream[0].train.labels.any(axis=0)))
+                during = seen_during_training[1][query].numpy()
+                np.testing.assert_array_equal(during[new, : centers.shape[1]], centers[new])
+        assert not np.array_equal(prior.image_codes.numpy(), centers)  # the majority is not the centre here
+    for task in stream:  # each task's codes at their own length
+        ids = task.database.ids
+        assert stored.image_index.get_codes(ids) == centred.image_index.get_codes(ids)
+        assert stored.text_index.get_codes(ids) == centred.text_index.get_codes(ids)
+    assert [r.best_epoch for r in stored.reports] == [r.best_epoch for r in centred.reports]
+    x = np.concatenate([task.query.image for task in stream])
+    assert stored.model.encode(x, "image") == centred.model.encode(x, "image")
+    assert stored.model.encode(x, "image", role="query") != centred.model.encode(x, "image", role="query")
+
+
+def test_a_model_saved_with_one_table_of_centres_loads_it_for_both_modalities(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    model = _model_with_prior(weight=1.0)
+    model.save_pretrained(tmp_path / "m")
+    path = tmp_path / "m" / "model.safetensors"
+    arrays = load_file(path)
+    np.testing.assert_array_equal(arrays["class_prior.image_codes"], arrays["class_prior.text_codes"])
+    arrays["class_prior.codes"] = arrays.pop("class_prior.image_codes")
+    del arrays["class_prior.text_codes"]
+    metadata = {k: v for k, v in _metadata(path).items() if "checksum" not in k}  # an old, unchecked file
+    save_file(arrays, path, metadata=metadata)
+    loaded = CrossModalHashModel.from_pretrained(tmp_path / "m")
+    for modality, width in (("image", 6), ("text", 4)):
+        torch.testing.assert_close(getattr(loaded.class_prior, f"{modality}_codes"), model.class_prior.image_codes)
+        x = torch.randn(5, width)
+        assert loaded.encode(x, modality, role="query") == model.encode(x, modality, role="query")
+
+
+def test_prior_targets_is_checked_and_an_old_config_resumes_with_centres():
+    with pytest.raises(ValueError, match="prior_targets: expected one of"):
+        TrainerConfig(prior_targets="stored-codes")
+    assert TrainerConfig().prior_targets == "stored"
+    old = {k: v for k, v in TrainerConfig().to_dict().items() if k != "prior_targets"}
+    assert TrainerConfig.from_dict(old).prior_targets == "centers"

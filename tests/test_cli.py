@@ -95,6 +95,15 @@ def test_loss_weight_options_reach_the_trainer(tmp_path):
     assert state["contrastive"] == 10.0  # the rest stays the method's
 
 
+def test_prior_targets_option_reaches_the_trainer(tmp_path):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--quiet", "--out", str(out), "--prior-targets", "centers"]) == 0
+    config = read_json(out / read_json(out / "latest.json")["directory"] / "trainer.json")["config"]
+    assert config["prior_targets"] == "centers"
+    with pytest.raises(SystemExit):
+        main([*TRAIN, "--quiet", "--out", str(tmp_path / "bad"), "--prior-targets", "means"])
+
+
 def _top_rows(printed):
     """The per-task rows of the printed 'top of the one index' table: {task name: [6 floats]}."""
     block = printed.split("the top of the one index, per query task", 1)[1].split("\n\n", 1)[0]

@@ -25,7 +25,7 @@ def config_choices(name: str) -> tuple[str, ...]:
     """The accepted values of a :class:`~pbeh.trainer.TrainerConfig` field that takes one of a few strings."""
     from ..training import config
 
-    return {"replay_spread": config.REPLAY_SPREADS}[name]
+    return {"replay_spread": config.REPLAY_SPREADS, "prior_targets": config.PRIOR_TARGETS}[name]
 
 
 def config_default(name: str) -> Any:
@@ -220,6 +220,14 @@ def build_parser() -> argparse.ArgumentParser:
         "point to, added to the heads' output, so queries of old classes are not pulled to the newest ones): one "
         "weight for both modalities, or two: image queries, then text queries (1 0.5 favours old image queries on "
         "Wikipedia-5); needs the class-centre term; 0 switches it off (default: %(default)s)",
+    )
+    train.add_argument(
+        "--prior-targets",
+        choices=config_choices("prior_targets"),
+        default=config_default("prior_targets"),
+        help="where the class prior steers a query of a class: 'stored', the majority of the codes stored for that "
+        "class in the other modality (where the items it should find are), or 'centers', the class centre training "
+        "aimed at; changes query codes only (default: %(default)s)",
     )
     train.add_argument(
         "--replay-spread",

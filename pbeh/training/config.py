@@ -16,6 +16,8 @@ __all__ = ["TrainerConfig"]
 _SELECT_ON = ("validation", "test", "last")
 REPLAY_SPREADS = ("translated", "gaussian")
 """The values of :attr:`TrainerConfig.replay_spread`."""
+PRIOR_TARGETS = ("stored", "centers")
+"""The values of :attr:`TrainerConfig.prior_targets`."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,13 @@ class TrainerConfig:
             ``{"image": w, "text": w}`` weighs each modality's queries apart (the image weight acts on image-to-text
             search); ``{"image": 1.0, "text": 0.5}`` raised Wikipedia-5's earlier tasks' image P@10 from 0.221 to
             0.278 and cost MIRFLICKR730-4 0.012 I→T (docs/design.md).
+        prior_targets: the code the class prior steers a query of class ``c`` toward. ``"stored"`` (default): after
+            every task is stored, the bitwise majority of the codes stored for ``c`` in the other modality (the codes
+            that query is compared with; :func:`pbeh.class_prior.stored_code_targets`), the centre's bit where none
+            is stored or the vote ties. ``"centers"``: the class centre (where training aimed the class). Only query
+            codes change; training, selection and stored codes are the same either way. Stored targets against
+            centres (the same trainings, 32 bits): MIRFLICKR730-4 +0.040 / +0.035 unified (two seeds), Wikipedia-5
+            level, openclipart-5 (16 bits) +0.006 / +0.020 (docs/design.md).
         ties: how every reported figure ranks items whose scores tie: ``"average"`` (pbeh's default: the exact
             expectation over random order inside tie groups, so no figure depends on the order items were stored
             in) or ``"reference"`` (stable order, ties in database order: the released evaluation code; for parity
@@ -149,6 +158,7 @@ class TrainerConfig:
     prototype_clusters: int = 4
     replay_spread: str = "translated"
     class_prior: float | dict[str, float] = 0.5
+    prior_targets: str = "stored"
 
     def __post_init__(self) -> None:
         for name in ("freeze_old_bits", "straight_through", "binary_similarity_normalize", "show_progress"):
@@ -212,6 +222,8 @@ class TrainerConfig:
             raise ValueError(f"ties: expected 'average' or 'reference', got {self.ties!r}")
         if self.replay_spread not in REPLAY_SPREADS:
             raise ValueError(f"replay_spread: expected one of {REPLAY_SPREADS}, got {self.replay_spread!r}")
+        if self.prior_targets not in PRIOR_TARGETS:
+            raise ValueError(f"prior_targets: expected one of {PRIOR_TARGETS}, got {self.prior_targets!r}")
         if self.prompt_init not in ("normal", "kmeans"):
             raise ValueError(f"prompt_init: expected 'normal' or 'kmeans', got {self.prompt_init!r}")
 
@@ -245,9 +257,9 @@ class TrainerConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainerConfig:
         """Inverse of :meth:`to_dict`. A key added since the dict was saved takes its default, except
-        ``replay_spread``: a config saved before it existed trained with Gaussian pseudo items, and a resumed run
-        goes on that way."""
-        data = {"replay_spread": "gaussian", **data}
+        ``replay_spread`` and ``prior_targets``: a config saved before they existed trained with Gaussian pseudo
+        items and encoded queries toward the centres, and a resumed run goes on that way."""
+        data = {"replay_spread": "gaussian", "prior_targets": "centers", **data}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

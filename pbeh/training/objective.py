@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..centers import ClassCenters
-from ..class_prior import prior_weights
+from ..class_prior import prior_weights, stored_code_targets
 from ..data import Task
 from ..index import TruncatedHammingIndex
 from ..losses import (
@@ -97,17 +97,34 @@ class TrainerObjective:
     def _fit_class_prior(self) -> None:
         """Fit the model's class prior (:mod:`pbeh.class_prior`) to every class seen so far, this task's included.
 
-        Off (left empty) when ``TrainerConfig.class_prior`` is 0 for both modalities or there are no class centres to
-        aim at.
+        Called as a task begins (its classes join the table) and again once its codes are stored: with
+        ``TrainerConfig.prior_targets="stored"`` a class's target for one modality's queries is then the majority of
+        its stored codes of the other modality (:func:`~pbeh.class_prior.stored_code_targets`); a class with nothing
+        stored yet keeps its centre. Off (left empty) when ``TrainerConfig.class_prior`` is 0 for both modalities or
+        there are no class centres to aim at.
         """
         weights = prior_weights(self.config.class_prior, "class_prior")
         if not any(w > 0 for w in weights.values()) or self._centers is None or self.loss_weights.class_centers <= 0:
             return
         seen = ClassPrototypes.concatenate(self._prototypes).merged()  # a class seen in several tasks: one row
+        centers = self._centers.centers[seen.classes]
+        targets: np.ndarray | dict[str, np.ndarray] = centers
+        if self.config.prior_targets == "stored" and self._stored:
+            # image queries meet stored text codes, and text queries stored image codes
+            targets = {
+                query: stored_code_targets(
+                    centers,
+                    (
+                        (index.get_codes(stored.ids).to_signs(), np.asarray(stored.labels)[:, seen.classes] > 0)
+                        for stored in self._stored
+                    ),
+                )
+                for query, index in (("image", self.text_index), ("text", self.image_index))
+            }
         self.model.class_prior.fit(
             {"image": seen.image_mean, "text": seen.text_mean},
             {"image": seen.image_std, "text": seen.text_std},
-            self._centers.centers[seen.classes],
+            targets,
             weight=weights,
         )
 

@@ -346,6 +346,8 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
         n_bits = self.model.n_bits
         db = task.database
         image_codes, text_codes = self._store(task)
+        if cfg.prior_targets == "stored":
+            self._fit_class_prior()  # the new codes' classes: queries now aim where they were stored
         with torch.no_grad():
             self._anchors.append(self.model.anchor_codes(t).detach().clone())
 
