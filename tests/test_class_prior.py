@@ -478,3 +478,18 @@ def test_prior_targets_is_checked_and_an_old_config_resumes_with_centres():
     assert TrainerConfig().prior_targets == "stored"
     old = {k: v for k, v in TrainerConfig().to_dict().items() if k != "prior_targets"}
     assert TrainerConfig.from_dict(old).prior_targets == "centers"
+
+
+def test_the_vote_read_in_blocks_of_rows_gives_the_same_targets(monkeypatch):
+    from pbeh.training import objective
+
+    stream = synthetic_stream(n_tasks=2, seed=3, multi_label=True)
+    trainer = _trainer(stream)
+    trainer.fit(stream)
+    whole = {m: getattr(trainer.model.class_prior, f"{m}_codes").clone() for m in ("image", "text")}
+    monkeypatch.setattr(objective, "PRIOR_BLOCK_ROWS", 3)
+    for table in whole:
+        getattr(trainer.model.class_prior, f"{table}_codes").zero_()  # the refit must write every entry again
+    trainer._fit_class_prior()
+    for modality, table in whole.items():
+        torch.testing.assert_close(getattr(trainer.model.class_prior, f"{modality}_codes"), table)

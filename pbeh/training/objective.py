@@ -46,6 +46,9 @@ from .report import _StoredTask
 
 __all__ = ["TrainerObjective"]
 
+PRIOR_BLOCK_ROWS = 1 << 16
+"""Stored codes read per block when the class prior's targets are refitted (bounds the memory of the vote)."""
+
 
 class TrainerObjective:
     """The loss and the optimiser of :class:`~pbeh.training.ContinualTrainer` (a mixin: the state is the trainer's)."""
@@ -110,13 +113,18 @@ class TrainerObjective:
         centers = self._centers.centers[seen.classes]
         targets: np.ndarray | dict[str, np.ndarray] = centers
         if self.config.prior_targets == "stored" and self._stored:
-            # image queries meet stored text codes, and text queries stored image codes
+            # image queries meet stored text codes, and text queries stored image codes; blocks of rows bound memory
+            block = PRIOR_BLOCK_ROWS
             targets = {
                 query: stored_code_targets(
                     centers,
                     (
-                        (index.get_codes(stored.ids).to_signs(), np.asarray(stored.labels)[:, seen.classes] > 0)
+                        (
+                            index.get_codes(stored.ids[start : start + block]).to_signs(),
+                            np.asarray(stored.labels[start : start + block])[:, seen.classes] > 0,
+                        )
                         for stored in self._stored
+                        for start in range(0, len(stored.ids), block)
                     ),
                 )
                 for query, index in (("image", self.text_index), ("text", self.image_index))
