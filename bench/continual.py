@@ -242,7 +242,8 @@ def config_from_args(args: argparse.Namespace) -> TrainerConfig:
 
 def _config_line(config: TrainerConfig) -> str:
     keys = ("epochs", "batch_size", "lr", "later_task_head_lr_scale", "prototype_replay", "samples_per_prompt",
-            "select_on", "ties", "class_prior", "prior_targets", "prototype_clusters", "replay_spread")  # fmt: skip
+            "select_on", "ties", "class_prior", "prior_targets", "old_class_targets", "prototype_clusters",
+            "replay_spread")  # fmt: skip
     return ", ".join(f"{k}={getattr(config, k)}" for k in keys)
 
 

@@ -25,7 +25,11 @@ def config_choices(name: str) -> tuple[str, ...]:
     """The accepted values of a :class:`~pbeh.trainer.TrainerConfig` field that takes one of a few strings."""
     from ..training import config
 
-    return {"replay_spread": config.REPLAY_SPREADS, "prior_targets": config.PRIOR_TARGETS}[name]
+    return {
+        "replay_spread": config.REPLAY_SPREADS,
+        "prior_targets": config.PRIOR_TARGETS,
+        "old_class_targets": config.OLD_CLASS_TARGETS,
+    }[name]
 
 
 def config_default(name: str) -> Any:
@@ -228,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the class prior steers a query of a class: 'stored', the majority of the codes stored for that "
         "class in the other modality (where the items it should find are), or 'centers', the class centre training "
         "aimed at; changes query codes only (default: %(default)s)",
+    )
+    train.add_argument(
+        "--old-class-targets",
+        choices=config_choices("old_class_targets"),
+        default=config_default("old_class_targets"),
+        help="what the class-centre term asks of an earlier class's items while a later task trains: 'centers', its "
+        "fixed centre, or 'stored', the majority of the codes stored for it (default: %(default)s)",
     )
     train.add_argument(
         "--replay-spread",

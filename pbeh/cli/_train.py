@@ -72,6 +72,7 @@ def train_in_process(args: argparse.Namespace, progress: dict[str, bool], ctx: A
             prototype_clusters=args.prototype_clusters,
             class_prior=_class_prior(args.class_prior),
             prior_targets=args.prior_targets,
+            old_class_targets=args.old_class_targets,
             later_task_head_lr_scale=args.head_lr_scale,
             similarity_target=args.similarity_target,
             lr_fan_in=None if args.lr_fan_in == 0 else args.lr_fan_in,

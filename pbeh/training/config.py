@@ -18,6 +18,8 @@ REPLAY_SPREADS = ("translated", "gaussian")
 """The values of :attr:`TrainerConfig.replay_spread`."""
 PRIOR_TARGETS = ("stored", "centers")
 """The values of :attr:`TrainerConfig.prior_targets`."""
+OLD_CLASS_TARGETS = ("centers", "stored")
+"""The values of :attr:`TrainerConfig.old_class_targets`."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,11 @@ class TrainerConfig:
             codes change; training, selection and stored codes are the same either way. Stored targets against
             centres (the same trainings, 32 bits): MIRFLICKR730-4 +0.040 / +0.035 unified (two seeds), Wikipedia-5
             level, openclipart-5 (16 bits) +0.006 / +0.020 (docs/design.md).
+        old_class_targets: what the class-centre term asks of an *earlier* class's items (its replayed pseudo items,
+            and a later task's real items of it) while a later task trains. ``"centers"`` (default): its fixed
+            centre. ``"stored"``: the bitwise majority of the codes stored for the class (both modalities), the
+            centre's bit where none is stored or the vote ties: the old gallery's class prototypes, as in
+            backward-compatible training. New classes keep their centres either way (docs/design.md).
         ties: how every reported figure ranks items whose scores tie: ``"average"`` (pbeh's default: the exact
             expectation over random order inside tie groups, so no figure depends on the order items were stored
             in) or ``"reference"`` (stable order, ties in database order: the released evaluation code; for parity
@@ -159,6 +166,7 @@ class TrainerConfig:
     replay_spread: str = "translated"
     class_prior: float | dict[str, float] = 0.5
     prior_targets: str = "stored"
+    old_class_targets: str = "centers"
 
     def __post_init__(self) -> None:
         for name in ("freeze_old_bits", "straight_through", "binary_similarity_normalize", "show_progress"):
@@ -222,6 +230,8 @@ class TrainerConfig:
             raise ValueError(f"ties: expected 'average' or 'reference', got {self.ties!r}")
         if self.replay_spread not in REPLAY_SPREADS:
             raise ValueError(f"replay_spread: expected one of {REPLAY_SPREADS}, got {self.replay_spread!r}")
+        if self.old_class_targets not in OLD_CLASS_TARGETS:
+            raise ValueError(f"old_class_targets: expected one of {OLD_CLASS_TARGETS}, got {self.old_class_targets!r}")
         if self.prior_targets not in PRIOR_TARGETS:
             raise ValueError(f"prior_targets: expected one of {PRIOR_TARGETS}, got {self.prior_targets!r}")
         if self.prompt_init not in ("normal", "kmeans"):

@@ -19,6 +19,7 @@ these methods is :meth:`ContinualTrainer._train_task <pbeh.training.trainer.Cont
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import numpy as np
@@ -60,6 +61,7 @@ class TrainerObjective:
     text_index: TruncatedHammingIndex
     _stored: list[_StoredTask]
     _centers: ClassCenters | None
+    _training_centers: ClassCenters | None  # what the centre term aims at while a task trains (None: the centres)
     _prototypes: list[ClassPrototypes]
     device: torch.device  # the trainer's property
 
@@ -96,6 +98,27 @@ class TrainerObjective:
         if self._centers.n_bits < self.model.n_bits:
             self._centers.extend(self.model.n_bits - self._centers.n_bits)
         self._centers.assign(np.flatnonzero(np.asarray(task.train.labels).any(axis=0)))
+
+    def _stored_center_table(self) -> ClassCenters | None:
+        """The centre table with every class that has stored codes aimed at their bitwise majority (both modalities'
+        codes vote; the centre's bit on a tie or past the stored length), for ``old_class_targets="stored"``."""
+        if self._centers is None or not self._stored:
+            return None
+        table = copy.deepcopy(self._centers)
+        old = np.flatnonzero(np.any([np.asarray(stored.labels).any(axis=0) for stored in self._stored], axis=0))
+        old = old[table.assigned[old]]  # a class only in a database never trained has no centre to replace
+        block = PRIOR_BLOCK_ROWS
+        votes = (
+            (
+                index.get_codes(stored.ids[start : start + block]).to_signs(),
+                np.asarray(stored.labels[start : start + block])[:, old] > 0,
+            )
+            for stored in self._stored
+            for start in range(0, len(stored.ids), block)
+            for index in (self.image_index, self.text_index)
+        )
+        table.centers[old] = stored_code_targets(table.centers[old], votes).astype(table.centers.dtype)
+        return table
 
     def _fit_class_prior(self) -> None:
         """Fit the model's class prior (:mod:`pbeh.class_prior`) to every class seen so far, this task's included.
@@ -219,7 +242,8 @@ class TrainerObjective:
             total = total + w.stored_codes * term
             terms["stored_codes"] = float(term.detach())
         if w.class_centers > 0 and self._centers is not None:
-            targets = torch.as_tensor(self._centers.targets(labels.detach().cpu().numpy()), device=h_image.device)
+            table = self._training_centers if self._training_centers is not None else self._centers
+            targets = torch.as_tensor(table.targets(labels.detach().cpu().numpy()), device=h_image.device)
             term = center_loss(h_image, targets) + center_loss(h_text, targets)
             total = total + w.class_centers * term
             terms["class_centers"] = float(term.detach())

@@ -135,6 +135,7 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
         self._anchors: list[torch.Tensor] = []
         self._prototypes: list[ClassPrototypes] = []
         self._centers: ClassCenters | None = None
+        self._training_centers: ClassCenters | None = None
         self._pending_extension = 0
 
     # ------------------------------------------------------------------ construction
@@ -341,7 +342,12 @@ class ContinualTrainer(TrainerObjective, TrainerEvaluation, TrainerCheckpoints):
         )
         if pool_task != t:
             raise RuntimeError(f"model: expected prompt pool {t} for task {t}, the model created pool {pool_task}")
-        best_epoch, best_score, last_loss, terms, history = self._train_task(t, train, validation, task)
+        if cfg.old_class_targets == "stored" and self.loss_weights.class_centers > 0:
+            self._training_centers = self._stored_center_table()
+        try:
+            best_epoch, best_score, last_loss, terms, history = self._train_task(t, train, validation, task)
+        finally:
+            self._training_centers = None
 
         n_bits = self.model.n_bits
         db = task.database
