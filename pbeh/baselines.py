@@ -15,8 +15,8 @@ comparison isolates what each part is worth:
 ``"pbeh-no-prior"``       pbeh without the class prior in query codes (the ablation of :mod:`pbeh.class_prior`).
 ``"pbeh-center-prior"``   pbeh with the class prior aimed at the class centres instead of the classes' stored
                           codes (``TrainerConfig.prior_targets="centers"``, the default before stored targets).
-``"pbeh-old-stored"``      pbeh with earlier classes trained toward the majority of their stored codes instead of
-                          their centres while later tasks train (``TrainerConfig.old_class_targets="stored"``).
+``"pbeh-old-centers"``     pbeh with earlier classes trained toward their centres instead of the majority of their
+                          stored codes while later tasks train (``TrainerConfig.old_class_targets="centers"``).
 ``"pbeh-previous"``       pbeh with the previous-model term on (``LossWeights.previous_model=30``; off by default,
                           see :func:`pbeh.losses.previous_model_loss`).
 ``"pbeh-reference"``      PBEH as released: cross-batch attention, randn prompts on raw features, old bit rows
@@ -46,7 +46,7 @@ __all__ = ["METHODS", "build_trainer", "run_method"]
 
 METHODS = (
     "pbeh", "pbeh-no-replay", "pbeh-no-stored", "pbeh-no-centers", "pbeh-no-prior", "pbeh-center-prior",
-    "pbeh-old-stored", "pbeh-previous", "pbeh-reference",
+    "pbeh-old-centers", "pbeh-previous", "pbeh-reference",
     "fixed-length", "finetune", "joint",
 )  # fmt: skip
 
@@ -97,8 +97,8 @@ def build_trainer(
         cfg = dataclasses.replace(base, class_prior=0.0)
     elif method == "pbeh-center-prior":
         cfg = dataclasses.replace(base, prior_targets="centers")
-    elif method == "pbeh-old-stored":
-        cfg = dataclasses.replace(base, old_class_targets="stored")
+    elif method == "pbeh-old-centers":
+        cfg = dataclasses.replace(base, old_class_targets="centers")
     elif method == "pbeh-previous":
         cfg = base
         weights = LossWeights.pbeh(previous_model=30.0)

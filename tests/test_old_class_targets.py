@@ -101,6 +101,22 @@ def test_a_failed_task_leaves_no_training_table(monkeypatch):
 def test_old_class_targets_is_checked():
     with pytest.raises(ValueError, match="old_class_targets: expected one of"):
         TrainerConfig(old_class_targets="majority")
-    assert TrainerConfig().old_class_targets == "centers"
+    assert TrainerConfig().old_class_targets == "stored"
     old = {k: v for k, v in TrainerConfig().to_dict().items() if k != "old_class_targets"}
     assert TrainerConfig.from_dict(old).old_class_targets == "centers"
+
+
+def test_the_option_and_its_method_reach_the_trainer(tmp_path):
+    from pbeh.baselines import build_trainer
+    from pbeh.cli import main
+    from pbeh.serialization import read_json
+
+    stream = synthetic_stream(n_tasks=2, seed=3, multi_label=True)
+    trainer = build_trainer("pbeh-old-centers", stream, n_bits=8, hidden_dims=(16,))
+    assert trainer.config.old_class_targets == "centers"
+    assert build_trainer("pbeh", stream, n_bits=8, hidden_dims=(16,)).config.old_class_targets == "stored"
+    out = tmp_path / "run"
+    argv = ["train", "--protocol", "synthetic", "--epochs", "2", "--hidden", "16", "--bits", "8", "--quiet"]
+    assert main([*argv, "--out", str(out), "--old-class-targets", "centers"]) == 0
+    config = read_json(out / read_json(out / "latest.json")["directory"] / "trainer.json")["config"]
+    assert config["old_class_targets"] == "centers"

@@ -237,8 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--old-class-targets",
         choices=config_choices("old_class_targets"),
         default=config_default("old_class_targets"),
-        help="what the class-centre term asks of an earlier class's items while a later task trains: 'centers', its "
-        "fixed centre, or 'stored', the majority of the codes stored for it (default: %(default)s)",
+        help="what the class-centre term asks of an earlier class's items while a later task trains: 'stored', the "
+        "majority of the codes stored for it, or 'centers', its fixed centre (default: %(default)s)",
     )
     train.add_argument(
         "--replay-spread",
