@@ -20,7 +20,7 @@ these methods is :meth:`ContinualTrainer._train_task <pbeh.training.trainer.Cont
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -107,18 +107,21 @@ class TrainerObjective:
         table = copy.deepcopy(self._centers)
         old = np.flatnonzero(np.any([np.asarray(stored.labels).any(axis=0) for stored in self._stored], axis=0))
         old = old[table.assigned[old]]  # a class only in a database never trained has no centre to replace
-        block = PRIOR_BLOCK_ROWS
-        votes = (
-            (
-                index.get_codes(stored.ids[start : start + block]).to_signs(),
-                np.asarray(stored.labels[start : start + block])[:, old] > 0,
-            )
-            for stored in self._stored
-            for start in range(0, len(stored.ids), block)
-            for index in (self.image_index, self.text_index)
-        )
+        votes = self._stored_votes(old, (self.image_index, self.text_index))
         table.centers[old] = stored_code_targets(table.centers[old], votes).astype(table.centers.dtype)
         return table
+
+    def _stored_votes(
+        self, classes: np.ndarray, indexes: Sequence[TruncatedHammingIndex]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every stored code of ``indexes`` as ``(±1 signs, membership in classes)`` blocks for
+        :func:`~pbeh.class_prior.stored_code_targets`, :data:`PRIOR_BLOCK_ROWS` rows at a time (bounds the memory)."""
+        block = PRIOR_BLOCK_ROWS
+        for stored in self._stored:
+            for start in range(0, len(stored.ids), block):
+                member = np.asarray(stored.labels[start : start + block])[:, classes] > 0
+                for index in indexes:
+                    yield index.get_codes(stored.ids[start : start + block]).to_signs(), member
 
     def _fit_class_prior(self) -> None:
         """Fit the model's class prior (:mod:`pbeh.class_prior`) to every class seen so far, this task's included.
@@ -136,20 +139,9 @@ class TrainerObjective:
         centers = self._centers.centers[seen.classes]
         targets: np.ndarray | dict[str, np.ndarray] = centers
         if self.config.prior_targets == "stored" and self._stored:
-            # image queries meet stored text codes, and text queries stored image codes; blocks of rows bound memory
-            block = PRIOR_BLOCK_ROWS
+            # image queries meet stored text codes, and text queries stored image codes
             targets = {
-                query: stored_code_targets(
-                    centers,
-                    (
-                        (
-                            index.get_codes(stored.ids[start : start + block]).to_signs(),
-                            np.asarray(stored.labels[start : start + block])[:, seen.classes] > 0,
-                        )
-                        for stored in self._stored
-                        for start in range(0, len(stored.ids), block)
-                    ),
-                )
+                query: stored_code_targets(centers, self._stored_votes(seen.classes, (index,)))
                 for query, index in (("image", self.text_index), ("text", self.image_index))
             }
         self.model.class_prior.fit(
