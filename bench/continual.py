@@ -56,6 +56,10 @@ def derived(summary: dict) -> dict:
         out[f"old_p10_{d}"] = _mean(_old_tasks(summary.get(f"unified_{d}_p10_per_task")))
         shares = _old_tasks(summary.get(f"unified_{d}_newest_share_per_task"))
         out[f"old_newest_share_{d}"] = max(shares) if shares else float("nan")
+        neutral = _old_tasks(summary.get(f"unified_{d}_newest_share_neutral_per_task"))
+        out[f"old_newest_share_neutral_{d}"] = (
+            neutral[shares.index(max(shares))] if shares and neutral else float("nan")
+        )  # the same task's share if the ranking preferred no task
     return out
 
 

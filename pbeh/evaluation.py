@@ -27,7 +27,15 @@ from .index import score_distances
 from .metrics import _ap_average, _harmonic
 from .metrics import expected_hits as expected_hits
 
-__all__ = ["LabelTable", "UnifiedMetrics", "chance_level", "expected_hits", "map_of_ranking", "unified_metrics"]
+__all__ = [
+    "LabelTable",
+    "UnifiedMetrics",
+    "chance_level",
+    "expected_hits",
+    "map_of_ranking",
+    "neutral_newest_share",
+    "unified_metrics",
+]
 
 _TIES = ("average", "reference")
 #: (query, item) pairs per block of the brute-force unified evaluation.
@@ -114,6 +122,11 @@ class UnifiedMetrics:
         per_task_map_all, per_task_map_at_100, per_task_p_at_10: the same, per query task.
         per_task_newest_share: share of the top 10 that comes from the newest stored task (for the newest task's own
             queries this is their own task).
+        per_task_newest_share_neutral: the newest task's share a ranking with the same relevant hits in the top 10
+            would give if it preferred no stored task: relevant hits drawn in proportion from the relevant stored
+            items, the other hits from the others (:func:`neutral_newest_share`). A share above it is a pull toward
+            the newest task; a share at or below it is not, however high it looks (an old query that finds few
+            relevant items fills its top 10 with other items, and the newest task holds its part of those).
         per_task_own_share: share of the top 10 that comes from the query's own task.
         chance: mean fraction of relevant stored items per query (the mAP of a random ranking).
         ties: the tie rule used.
@@ -126,6 +139,7 @@ class UnifiedMetrics:
     per_task_map_at_100: list[float]
     per_task_p_at_10: list[float]
     per_task_newest_share: list[float]
+    per_task_newest_share_neutral: list[float]
     per_task_own_share: list[float]
     chance: float
     ties: str
@@ -232,7 +246,9 @@ def unified_metrics(
     ap_100 = np.zeros(nq)
     p10 = np.zeros(nq)
     newest = np.zeros(nq)
+    neutral = np.zeros(nq)
     own = np.zeros(nq)
+    newest_mask = db_task == n_tasks - 1
     k10, k100 = min(10, n_db), min(100, n_db)
     rows_per_block = max(1, _BLOCK_PAIRS // n_db)
     for start in range(0, nq, rows_per_block):
@@ -252,6 +268,7 @@ def unified_metrics(
             p10[start:stop] = ranked_rel[:, :k10].sum(axis=1) / k10
             newest[start:stop] = np.take_along_axis(from_newest, order, axis=1)[:, :k10].sum(axis=1) / k10
             own[start:stop] = np.take_along_axis(from_own, order, axis=1)[:, :k10].sum(axis=1) / k10
+            neutral[start:stop] = neutral_newest_share(p10[start:stop] * k10, rel, newest_mask, k10)
             continue
         n_hist = _level_histogram(level, np.ones_like(rel), n_levels)
         r_hist = _level_histogram(level, rel, n_levels)
@@ -261,6 +278,7 @@ def unified_metrics(
         p10[start:stop] = expected_hits(n_hist, r_hist, k10) / k10
         newest[start:stop] = expected_hits(n_hist, _level_histogram(level, from_newest, n_levels), k10) / k10
         own[start:stop] = expected_hits(n_hist, _level_histogram(level, from_own, n_levels), k10) / k10
+        neutral[start:stop] = neutral_newest_share(p10[start:stop] * k10, rel, newest_mask, k10)
 
     def per_task(values: np.ndarray) -> list[float]:
         return [float(values[q_tasks == t].mean()) if np.any(q_tasks == t) else float("nan") for t in range(n_tasks)]
@@ -273,10 +291,44 @@ def unified_metrics(
         per_task_map_at_100=per_task(ap_100),
         per_task_p_at_10=per_task(p10),
         per_task_newest_share=per_task(newest),
+        per_task_newest_share_neutral=per_task(neutral),
         per_task_own_share=per_task(own),
         chance=chance_level(q_labels, db_all_labels),
         ties=ties,
     )
+
+
+def neutral_newest_share(hits: Any, relevant: Any, newest: Any, k: int) -> np.ndarray:
+    """The newest task's share of a top ``k`` holding ``hits`` relevant items, if the ranking preferred no task.
+
+    Per query: ``(hits * R_new / R + (k - hits) * O_new / O) / k``, where ``R`` and ``O`` count the stored items
+    relevant and not relevant to it and ``R_new``, ``O_new`` those of them stored by the newest task (a term whose
+    count is 0 is 0). It is the expected share when the relevant hits are drawn uniformly from the relevant items and
+    the rest from the others; ``hits`` may be an expectation (tie-averaged P@10 times ``k``), the formula being linear
+    in it.
+
+    Args:
+        hits: ``(n_queries,)`` relevant items in each query's top ``k`` (a count or its expectation).
+        relevant: ``(n_queries, n_stored)`` bool, which stored items are relevant to each query.
+        newest: ``(n_stored,)`` bool, which stored items the newest task stored.
+        k: the top's size (at most the number of stored items).
+
+    Example:
+        >>> relevant = np.array([[True, True, False, False, False, False]])
+        >>> newest = np.array([False, False, False, False, True, True])  # the newest task holds 2 of the 4 others
+        >>> neutral_newest_share(np.array([1.0]), relevant, newest, k=3).tolist()  # 2 other hits, half of them new
+        [0.3333333333333333]
+    """
+    hits = np.asarray(hits, dtype=np.float64)
+    relevant = np.asarray(relevant, dtype=bool)
+    newest = np.asarray(newest, dtype=bool)
+    n_rel = relevant.sum(axis=1)
+    n_other = relevant.shape[1] - n_rel
+    new_rel = (relevant & newest).sum(axis=1)
+    new_other = int(newest.sum()) - new_rel
+    from_rel = np.divide(hits * new_rel, n_rel, out=np.zeros_like(hits), where=n_rel > 0)
+    from_other = np.divide((k - hits) * new_other, n_other, out=np.zeros_like(hits), where=n_other > 0)
+    return (from_rel + from_other) / k
 
 
 def _level_histogram(level: np.ndarray, marked: np.ndarray, n_levels: int) -> np.ndarray:

@@ -105,7 +105,7 @@ def test_prior_targets_option_reaches_the_trainer(tmp_path):
 
 
 def _top_rows(printed):
-    """The per-task rows of the printed 'top of the one index' table: {task name: [6 floats]}."""
+    """The per-task rows of the printed 'top of the one index' table: {task name: [8 floats]}."""
     block = printed.split("the top of the one index, per query task", 1)[1].split("\n\n", 1)[0]
     rows = {}
     for line in block.splitlines()[2:]:
@@ -123,7 +123,12 @@ def test_the_summary_shows_the_top_of_the_index_per_task(run_dir, capsys):
     for t, name in enumerate(rows):
         expected = [
             unified[d][key][t]
-            for key in ("per_task_p_at_10", "per_task_map_at_100", "per_task_newest_share")
+            for key in (
+                "per_task_p_at_10",
+                "per_task_map_at_100",
+                "per_task_newest_share",
+                "per_task_newest_share_neutral",
+            )
             for d in ("i2t", "t2i")
         ]
         assert rows[name] == pytest.approx(expected, abs=5e-5)  # printed with 4 decimals
@@ -142,8 +147,8 @@ def test_a_summary_without_per_task_figures_has_no_top_table():
     assert "the top of the one index" not in summary_table(summary)
     summary["unified_i2t_p10_per_task"] = [0.25, 0.5]  # one figure known: the others print as "-"
     table = top_of_index_table(summary, ["a"])
-    assert table.splitlines()[2].split() == ["1", "a", "0.2500", "-", "-", "-", "-", "-"]
-    assert table.splitlines()[3].split() == ["2", "0.5000", "-", "-", "-", "-", "-"]
+    assert table.splitlines()[2].split() == ["1", "a", "0.2500", *["-"] * 7]
+    assert table.splitlines()[3].split() == ["2", "0.5000", *["-"] * 7]
 
 
 def test_extension_rule_option_reaches_the_trainer(tmp_path, capsys):

@@ -36,7 +36,14 @@ SUMMARY_KEYS = {
     *(
         f"unified_{direction}_{name}"
         for direction in ("i2t", "t2i")
-        for name in ("p10", "map100", "p10_per_task", "map100_per_task", "newest_share_per_task")
+        for name in (
+            "p10",
+            "map100",
+            "p10_per_task",
+            "map100_per_task",
+            "newest_share_per_task",
+            "newest_share_neutral_per_task",
+        )
     ),
     "tasks",
     "final_bits",
@@ -248,9 +255,13 @@ def test_the_matrix_keeps_the_top_of_the_index_after_every_task(fixed_run):
             if t == 0:  # no earlier task yet
                 assert np.isnan(scalars[f"unified_{direction}_old_p10"][t])
                 assert np.isnan(scalars[f"unified_{direction}_newest_share"][t])
+                assert np.isnan(scalars[f"unified_{direction}_newest_share_neutral"][t])
                 continue
             assert scalars[f"unified_{direction}_old_p10"][t] == pytest.approx(np.mean(figures["per_task_p_at_10"][:t]))
             assert scalars[f"unified_{direction}_newest_share"][t] == max(figures["per_task_newest_share"][:t])
+            worst = int(np.argmax(figures["per_task_newest_share"][:t]))
+            neutral = scalars[f"unified_{direction}_newest_share_neutral"][t]
+            assert neutral == figures["per_task_newest_share_neutral"][worst]
     again = type(trainer.matrix).from_dict(json.loads(json.dumps(trainer.matrix.to_dict())))
     np.testing.assert_array_equal(again.scalars["unified_i2t_old_p10"], scalars["unified_i2t_old_p10"])
 

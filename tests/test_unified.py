@@ -15,7 +15,7 @@ import pytest
 
 from pbeh import Codes
 from pbeh.data import Split, Task
-from pbeh.evaluation import expected_hits, unified_metrics
+from pbeh.evaluation import expected_hits, neutral_newest_share, unified_metrics
 from pbeh.index import score_distances
 
 
@@ -124,6 +124,67 @@ def test_constant_codes_score_chance_when_tie_averaged():
     ref = unified_metrics(queries, np.array([[1, 0]]), np.array([0]), [db], [labels], ties="reference")
     assert avg.p_at_10 == pytest.approx(0.5)
     assert ref.p_at_10 == 1.0  # database order puts the ten relevant items first: what tie-averaging removes
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_neutral_share_is_the_newest_share_of_a_ranking_that_prefers_no_task(seed):
+    """Over every top 10 of 14 items, grouped by how many relevant items it holds, the mean newest-task share equals
+    the formula: it is the share of a ranking that takes relevant and other items without regard to their task."""
+    rng = np.random.default_rng(seed)
+    n, k = 14, 10
+    relevant = rng.random(n) < [0.0, 0.3, 0.5, 0.8, 1.0, 0.4][seed]
+    newest = rng.random(n) < 0.4
+    by_hits: dict[int, list[float]] = {}
+    for top in itertools.combinations(range(n), k):
+        top = list(top)
+        by_hits.setdefault(int(relevant[top].sum()), []).append(newest[top].sum() / k)
+    for hits, shares in by_hits.items():
+        got = neutral_newest_share(np.array([hits]), relevant[None, :], newest, k)
+        assert got[0] == pytest.approx(np.mean(shares), abs=1e-12), hits
+
+
+def test_unified_neutral_share_follows_the_expected_hits():
+    """The per-task neutral share is the formula applied to each query's tie-averaged hits (computed here with
+    loops), for both tie rules; with every code tied, the measured share equals it."""
+    rng = np.random.default_rng(11)
+    db = [Codes.from_bool(rng.integers(0, 2, size=(n, L))) for n, L in ((12, 6), (9, 8), (15, 8))]
+    labels = [rng.integers(0, 2, size=(len(c), 3)) for c in db]
+    queries = Codes.from_bool(rng.integers(0, 2, size=(8, 8)))
+    q_labels, q_tasks = rng.integers(0, 2, size=(8, 3)), rng.integers(0, 3, size=8)
+    all_labels = np.concatenate(labels)
+    n_new = len(db[-1])
+    for ties in ("average", "reference"):
+        got = unified_metrics(queries, q_labels, q_tasks, db, labels, ties=ties)
+        per_query_p10 = []
+        for qi in range(len(queries)):  # each query alone: its own P@10
+            one = unified_metrics(queries[qi : qi + 1], q_labels[qi : qi + 1], q_tasks[qi : qi + 1], db, labels,
+                                  ties=ties)  # fmt: skip
+            per_query_p10.append(one.p_at_10)
+        want = []
+        for qi, p10 in enumerate(per_query_p10):
+            hits = 10 * p10
+            rel = [bool(row @ q_labels[qi] > 0) for row in all_labels]
+            is_new = [i >= len(all_labels) - n_new for i in range(len(all_labels))]
+            r = sum(rel)
+            r_new = sum(a and b for a, b in zip(rel, is_new, strict=True))
+            o, o_new = len(rel) - r, n_new - r_new
+            want.append(((hits * r_new / r if r else 0.0) + ((10 - hits) * o_new / o if o else 0.0)) / 10)
+        want = np.array(want)
+        for t in range(3):
+            mine = q_tasks == t
+            if mine.any():
+                assert got.per_task_newest_share_neutral[t] == pytest.approx(want[mine].mean(), abs=1e-12)
+    tied = [Codes.from_bool(np.zeros((len(c), 8), dtype=bool)) for c in db]
+    flat = unified_metrics(Codes.from_bool(np.zeros((8, 8), dtype=bool)), q_labels, q_tasks, tied, labels)
+    np.testing.assert_allclose(flat.per_task_newest_share, flat.per_task_newest_share_neutral, atol=1e-12)
+
+
+def test_neutral_share_without_relevant_or_other_items():
+    newest = np.array([True, False, False])
+    none_relevant = neutral_newest_share(np.array([0.0]), np.zeros((1, 3), dtype=bool), newest, 2)
+    all_relevant = neutral_newest_share(np.array([2.0]), np.ones((1, 3), dtype=bool), newest, 2)
+    assert none_relevant.tolist() == [pytest.approx(1 / 3)]
+    assert all_relevant.tolist() == [pytest.approx(1 / 3)]
 
 
 def test_expected_hits_boundary_group():

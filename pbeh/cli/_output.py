@@ -60,11 +60,18 @@ def matrix_tables(matrix: Any, names: Sequence[str]) -> str:
 
 def top_of_index_table(summary: dict[str, Any], names: Sequence[str] = ()) -> str | None:
     """Per query task, what the one index returns at its top after the last task (ContinualTrainer.summary's
-    ``unified_*_per_task`` keys): P@10, mAP@100 and the share of the top 10 that comes from the newest task. None
-    when the summary has no per-task figures (a run saved before they existed)."""
+    ``unified_*_per_task`` keys): P@10, mAP@100, the share of the top 10 that comes from the newest task, and that
+    share if the ranking preferred no task (same relevant hits; "neutral"). None when the summary has no per-task
+    figures (a run saved before they existed)."""
+    figures = (
+        ("p10", "P@10"),
+        ("map100", "mAP@100"),
+        ("newest_share", "newest share"),
+        ("newest_share_neutral", "neutral"),
+    )
     keys = [
         (f"unified_{direction}_{name}_per_task", f"{label} {arrow}")
-        for name, label in (("p10", "P@10"), ("map100", "mAP@100"), ("newest_share", "newest share"))
+        for name, label in figures
         for direction, arrow in (("i2t", "i→t"), ("t2i", "t→i"))
     ]
     columns = [summary.get(key) for key, _ in keys]
@@ -76,8 +83,9 @@ def top_of_index_table(summary: dict[str, Any], names: Sequence[str] = ()) -> st
         name = f"{t + 1} {names[t]}" if t < len(names) else str(t + 1)
         rows.append([name, *(format_value(c[t]) if c and t < len(c) else "-" for c in columns)])
     title = (
-        "the top of the one index, per query task (P@10, mAP@100, and the share of the top 10 stored by the "
-        "newest task; for the newest task's own queries that share is their own task)"
+        "the top of the one index, per query task (P@10, mAP@100, the share of the top 10 stored by the newest "
+        "task, and that share if the ranking preferred no task, given the same relevant hits: a share above its "
+        "neutral value is a pull toward the newest task; for the newest task's own queries it is their own task)"
     )
     return title + "\n" + format_table(rows)
 

@@ -146,17 +146,22 @@ class TrainerEvaluation:
     def _record_top_of_index(self, t: int, unified: dict[str, Any]) -> None:
         """Per-task scalar series of what the one index returns at its top after task ``t``, both directions:
         ``unified_<d>_p10`` and ``unified_<d>_map100`` (every seen query), ``unified_<d>_old_p10`` (the mean P@10 of
-        the earlier tasks' queries) and ``unified_<d>_newest_share`` (the largest share of an earlier task's top 10
-        stored by the newest task); the last two are NaN after the first task. The per-query-task figures are in the
-        task's report (``TaskReport.unified``)."""
+        the earlier tasks' queries), ``unified_<d>_newest_share`` (the largest share of an earlier task's top 10
+        stored by the newest task) and ``unified_<d>_newest_share_neutral`` (that task's share if the ranking
+        preferred no task, :func:`pbeh.evaluation.neutral_newest_share`); the last three are NaN after the first
+        task. The per-query-task figures are in the task's report (``TaskReport.unified``)."""
         for direction, figures in unified.items():
             earlier_p10 = figures["per_task_p_at_10"][:-1]
             earlier_share = figures["per_task_newest_share"][:-1]
+            worst = int(np.argmax(earlier_share)) if earlier_share else None
             series = {
                 "p10": figures["p_at_10"],
                 "map100": figures["map_at_100"],
                 "old_p10": float(np.mean(earlier_p10)) if earlier_p10 else float("nan"),
-                "newest_share": float(max(earlier_share)) if earlier_share else float("nan"),
+                "newest_share": float(earlier_share[worst]) if worst is not None else float("nan"),
+                "newest_share_neutral": (
+                    float(figures["per_task_newest_share_neutral"][worst]) if worst is not None else float("nan")
+                ),
             }
             for name, value in series.items():
                 self.matrix.record_scalar(f"unified_{direction}_{name}", t, float(value))

@@ -88,7 +88,8 @@ class _StoredTask:
 def top_of_index_summary(unified: dict[str, Any] | None) -> dict[str, Any]:
     """The summary keys of what the one index returns at its top (a task's ``TaskReport.unified``), per direction
     ``d``: ``unified_d_p10``, ``unified_d_map100``, ``unified_d_p10_per_task``, ``unified_d_map100_per_task`` and
-    ``unified_d_newest_share_per_task`` (``None`` where a report saved before a figure existed lacks it)."""
+    ``unified_d_newest_share_per_task`` and ``unified_d_newest_share_neutral_per_task`` (``None`` where a report
+    saved before a figure existed lacks it)."""
     out: dict[str, Any] = {}
     for direction, figures in (unified or {}).items():
         out[f"unified_{direction}_p10"] = figures.get("p_at_10")
@@ -96,4 +97,5 @@ def top_of_index_summary(unified: dict[str, Any] | None) -> dict[str, Any]:
         out[f"unified_{direction}_p10_per_task"] = figures.get("per_task_p_at_10")
         out[f"unified_{direction}_map100_per_task"] = figures.get("per_task_map_at_100")
         out[f"unified_{direction}_newest_share_per_task"] = figures.get("per_task_newest_share")
+        out[f"unified_{direction}_newest_share_neutral_per_task"] = figures.get("per_task_newest_share_neutral")
     return out
