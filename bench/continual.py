@@ -33,6 +33,7 @@ import torch
 
 from pbeh.baselines import METHODS, run_method
 from pbeh.data import mirflickr730_4, wikipedia5
+from pbeh.metrics import ContinualMatrix
 from pbeh.trainer import ContinualTrainer, TrainerConfig
 from pbeh.training.config import REPLAY_SPREADS
 
@@ -61,6 +62,14 @@ def derived(summary: dict) -> dict:
             neutral[shares.index(max(shares))] if shares and neutral else float("nan")
         )  # the same task's share if the ranking preferred no task
     return out
+
+
+def matrices(matrix: ContinualMatrix) -> dict[str, list]:
+    """R[t, i] of both directions as nested lists (``None`` where not evaluated; joint training has one row)."""
+    return {
+        f"R_{d}": [[None if v != v else float(v) for v in row] for row in matrix.matrix(d).tolist()]
+        for d in ("i2t", "t2i")
+    }
 
 
 def rendered_by() -> str:
@@ -209,10 +218,11 @@ def main() -> int:
         for seed in args.seeds:
             for n_bits in args.bits:
                 for method in args.methods:
-                    _, summary = run_method(
+                    trainer, summary = run_method(
                         method, stream, n_bits=n_bits, hidden_dims=tuple(hidden), config=config, seed=seed
                     )
                     summary.update(dataset=name, initial_bits=n_bits, seed=seed, describe=stream.describe())
+                    summary.update(matrices(trainer.matrix))
                     records.append(summary)
                     extra = derived(summary)
                     print(
