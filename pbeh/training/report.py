@@ -87,7 +87,7 @@ class _StoredTask:
 
 def top_of_index_summary(unified: dict[str, Any] | None) -> dict[str, Any]:
     """The summary keys of what the one index returns at its top (a task's ``TaskReport.unified``), per direction
-    ``d``: ``unified_d_p10``, ``unified_d_map100``, ``unified_d_p10_per_task``, ``unified_d_map100_per_task`` and
+    ``d``: ``unified_d_p10``, ``unified_d_map100``, ``unified_d_p10_per_task``, ``unified_d_map100_per_task``,
     ``unified_d_newest_share_per_task`` and ``unified_d_newest_share_neutral_per_task`` (``None`` where a report
     saved before a figure existed lacks it)."""
     out: dict[str, Any] = {}
