@@ -412,7 +412,10 @@ def test_search_prints_id_score_task_labels_and_json(run_dir, tmp_path, capsys, 
     model = CrossModalHashModel.from_pretrained(state / "model")
     other = "image" if modality == "text" else "text"
     index = TruncatedHammingIndex.load(state / f"{other}_index.safetensors")
-    expected = index.search(model.encode(features, modality, role="query"), 5)
+    codes = model.encode(features, modality, role="query")
+    expected = index.search(codes, 5)
+    everything = index.search(codes, len(index))  # the whole ranking: who else scores what rank 5 scores
+    tied = [int((everything.scores[q, 5:] == expected.scores[q, -1]).sum()) for q in range(3)]
     stream = synthetic_stream()
     task_of = {int(i): t for t, task in enumerate(stream) for i in task.database.ids}
     labels_of = {
@@ -422,6 +425,7 @@ def test_search_prints_id_score_task_labels_and_json(run_dir, tmp_path, capsys, 
     }
     assert result["searched"] == other
     assert len(result["queries"]) == 3
+    assert [entry["tied_unlisted"] for entry in result["queries"]] == tied
     for q, entry in enumerate(result["queries"]):
         assert [h["id"] for h in entry["hits"]] == expected.ids[q].tolist()
         assert [h["score"] for h in entry["hits"]] == pytest.approx(expected.scores[q].tolist())
@@ -433,6 +437,11 @@ def test_search_prints_id_score_task_labels_and_json(run_dir, tmp_path, capsys, 
     assert main(["search", str(out), "--modality", modality, "--features", str(path), "--k", "5"]) == 0
     shown = capsys.readouterr().out
     assert shown.count(f"({modality} → {other}):") == 3
+    lines = [f"  and {n} more stored item{'s' * (n > 1)} with score" for n in tied if n]
+    assert [line for line in shown.splitlines() if line.startswith("  and ")] == [
+        line + f" {s:.3f}, as rank 5: among equal scores the list takes ascending ids"
+        for line, s in zip(lines, [expected.scores[q, -1] for q in range(3) if tied[q]], strict=True)
+    ]
     first = result["queries"][0]["hits"][0]
     row = rf"^\s+1\s+{first['id']}\s+{first['score']:.3f}\s+{first['task']} T{first['task']}\s+"
     assert re.search(row + re.escape(", ".join(first["label_names"])), shown, re.M)
@@ -533,7 +542,11 @@ def test_search_a_retriever_folder(tmp_path, capsys):
     assert main(["search", str(folder), "--modality", "image", "--features", str(path), "--k", "40", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     expected = retriever.search(image_features=queries, k=40)
-    for entry, hits in zip(result["queries"], expected, strict=True):
+    codes = retriever.model.encode(queries, "image", role="query")
+    everything = retriever.text_index.search(codes, len(retriever.text_index))
+    for q, (entry, hits) in enumerate(zip(result["queries"], expected, strict=True)):
+        full = len(hits) == 40
+        assert entry["tied_unlisted"] == (int((everything.scores[q, 40:] == hits.scores[-1]).sum()) if full else 0)
         assert [h["id"] for h in entry["hits"]] == hits.ids.tolist()
         assert [h["task_name"] for h in entry["hits"]] == hits.tasks
         assert [h["metadata"] for h in entry["hits"]] == hits.metadata

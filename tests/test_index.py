@@ -149,6 +149,57 @@ def test_one_query_equals_its_row_of_a_batch(scenario):
             assert alone.score == score
 
 
+@given(index_scenarios())
+def test_count_at_least_matches_brute_force(scenario):
+    """count_at_least at each full list's k-th score: the stored items whose exact key reaches that item's key (so the
+    count minus k is how many unlisted items tie with it); a threshold above every score counts nothing."""
+    batches, query, k = scenario
+    index, stored = build(batches)
+    for score in SCORE_POLICIES:
+        result = index.search(query, k, score=score)
+        rows = np.flatnonzero(result.ids[:, -1] != -1)
+        got = index.count_at_least(query[rows], result.scores[rows, -1], score=score)
+        for j, i in enumerate(rows.tolist()):
+            kth = exact_key(int(result.distances[i, -1]), int(result.n_bits_compared[i, -1]), score)
+            want = 0
+            for codes, _ in stored:
+                if len(codes):
+                    n = min(query.n_bits, codes.n_bits)
+                    want += sum(exact_key(int(d), n, score) >= kth for d in query[i : i + 1].hamming(codes)[0])
+            assert got[j] == want >= k
+        assert index.count_at_least(query, math.inf, score=score).tolist() == [0] * len(query)
+
+
+def test_count_at_least_per_query_thresholds_ivf_and_bad_input():
+    from pbeh.index import IVFBackend
+
+    rng = np.random.default_rng(21)
+    flat, ivf = (
+        TruncatedHammingIndex(score="hamming"),
+        TruncatedHammingIndex(score="hamming", backend=IVFBackend(min_size=64, nlist=4, nprobe=1)),
+    )
+    short, long = tie_heavy_codes(rng, 300, 16), random_codes(rng, 200, 24)
+    for index in (flat, ivf):
+        index.add(short, ids=np.arange(300))
+        index.add(long, ids=np.arange(1000, 1200))
+    query = random_codes(rng, 3, 24)
+    dist16 = query.truncate(16).hamming(flat.get_codes(np.arange(300)))
+    dist24 = query.hamming(flat.get_codes(np.arange(1000, 1200)))
+    thresholds = np.array([-3.0, -8.0, -0.0])  # hamming: score = -distance
+    want = [int((dist16[i] <= -t).sum() + (dist24[i] <= -t).sum()) for i, t in enumerate(thresholds)]
+    assert flat.count_at_least(query, thresholds).tolist() == want
+    ivf.search(query, 5)  # builds the inverted lists of the segment the queries meet at full length
+    assert any(seg.trained for seg in ivf._segments.values())
+    assert ivf.count_at_least(query, thresholds).tolist() == want  # exact: it reads every code, not the lists
+    assert flat.count_at_least(query[:0], 1.0).shape == (0,)
+    with pytest.raises(ValueError, match=r"min_score: expected a number or 3 numbers"):
+        flat.count_at_least(query, [1.0, 2.0])
+    with pytest.raises(ValueError, match="min_score: expected numbers, got NaN"):
+        flat.count_at_least(query, np.nan)
+    with pytest.raises(ValueError, match="score"):
+        flat.count_at_least(query, 0.0, score="cosine")
+
+
 def test_one_query_with_many_candidates_takes_the_batch_merge(monkeypatch):
     """Above the candidate bound (k x segments) one query is merged like a batch; the results are the same."""
     from pbeh.index import _core

@@ -43,6 +43,7 @@ def search(args: argparse.Namespace) -> int:
     feats = query_features(args, model.feature_dim(args.modality), "this run's model")
     codes = model.encode(torch.as_tensor(feats, dtype=torch.float32), args.modality, role="query")
     result = index.search(codes, args.k)
+    ties = unlisted_ties(index, codes, result.ids, result.scores)
     names = run.info.get("task_names") or run.task_names
     label_names = run.label_names
     queries: list[dict[str, Any]] = []
@@ -63,7 +64,7 @@ def search(args: argparse.Namespace) -> int:
             if label_names is not None:
                 hit["label_names"] = [label_names[c] for c in labels if c < len(label_names)]
             hits.append(hit)
-        queries.append({"query": q, "hits": hits})
+        queries.append({"query": q, "hits": hits, "tied_unlisted": int(ties[q])})
     if args.json:
         print_json({"modality": args.modality, "searched": other, "k": args.k, "queries": queries})
         return 0
@@ -75,7 +76,30 @@ def search(args: argparse.Namespace) -> int:
             labels = ", ".join(hit.get("label_names") or [str(c) for c in hit["labels"]]) or "-"
             rows.append([str(rank), str(hit["id"]), f"{hit['score']:.3f}", task, labels])
         print(format_table(rows, right=[True, True, True, False, False]))
+        print_ties(entry)
     return 0
+
+
+def unlisted_ties(index: Any, codes: Any, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per query, how many stored items the list left out that score exactly what its last item scores (0 when the
+    list is not full: then nothing was left out)."""
+    full = ids[:, -1] != -1
+    ties = np.zeros(len(ids), dtype=np.int64)
+    if full.any():
+        rows = np.flatnonzero(full)
+        ties[rows] = index.count_at_least(codes[rows], scores[rows, -1]) - ids.shape[1]
+    return ties
+
+
+def print_ties(entry: dict[str, Any]) -> None:
+    """The line under a query's table when its last score is shared by items the list left out."""
+    n, hits = entry["tied_unlisted"], entry["hits"]
+    if n > 0:
+        item = "item" if n == 1 else "items"
+        print(
+            f"  and {n} more stored {item} with score {hits[-1]['score']:.3f}, as rank {len(hits)}: among equal "
+            "scores the list takes ascending ids"
+        )
 
 
 def query_features(args: argparse.Namespace, width: int, what: str) -> np.ndarray:
@@ -104,25 +128,34 @@ def query_features(args: argparse.Namespace, width: int, what: str) -> np.ndarra
 
 def search_retriever(args: argparse.Namespace) -> int:
     """Search a folder written by Retriever.save: texts, images (its encoders) or features."""
+    import torch
+
     from ..retriever import Retriever
 
     retriever = Retriever.load(args.run)
     if args.text is not None:
-        modality, results = "text", retriever.search(text=list(args.text), k=args.k)
+        modality, feats = "text", retriever.encode_texts(list(args.text))
     elif args.image is not None:
         missing = [str(p) for p in args.image if not p.is_file()]
         if missing:
             raise UserError(f"--image: no such file {missing[0]!r}")
-        modality, results = "image", retriever.search(image=[str(p) for p in args.image], k=args.k)
+        modality, feats = "image", retriever.encode_images([str(p) for p in args.image])
     else:
         modality = args.modality
         feats = query_features(args, retriever.model.feature_dim(modality), "this Retriever's model")
-        results = retriever.search(**{f"{modality}_features": feats}, k=args.k)
+    results = retriever.search(**{f"{modality}_features": np.asarray(feats, dtype=np.float32)}, k=args.k)
     other = "image" if modality == "text" else "text"
+    codes = retriever.model.encode(torch.as_tensor(np.asarray(feats), dtype=torch.float32), modality, role="query")
+    ids = np.full((len(results), args.k), -1, dtype=np.int64)
+    scores = np.zeros((len(results), args.k))
+    for q, hits in enumerate(results):
+        ids[q, : len(hits.ids)], scores[q, : len(hits.ids)] = hits.ids, hits.scores
+    ties = unlisted_ties(retriever.text_index if modality == "image" else retriever.image_index, codes, ids, scores)
     queries = [
         {
             "query": q,
             "hits": [{"id": h.id, "score": h.score, "task_name": h.task, "metadata": h.metadata} for h in hits],
+            "tied_unlisted": int(ties[q]),
         }
         for q, hits in enumerate(results)
     ]
@@ -136,4 +169,5 @@ def search_retriever(args: argparse.Namespace) -> int:
             meta = "-" if hit["metadata"] is None else json.dumps(hit["metadata"], ensure_ascii=False)
             rows.append([str(rank), str(hit["id"]), f"{hit['score']:.3f}", hit["task_name"] or "-", meta])
         print(format_table(rows, right=[True, True, True, False, False]))
+        print_ties(entry)
     return 0

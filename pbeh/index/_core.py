@@ -364,6 +364,55 @@ class TruncatedHammingIndex:
                     self._search_block(block, k, plan, ranks, merged, views, nprobe)
         return SearchResult(ids, distances, scores, n_compared, policy)
 
+    def count_at_least(self, query_codes: Codes, min_score: Any, *, score: str | None = None) -> np.ndarray:
+        """How many stored items score at least ``min_score`` for each query (exact for every backend: it reads every
+        stored code, at about 0.1 G comparisons per second).
+
+        A search lists ``k`` items, ties by ascending id; when its ``k``-th score is shared by items it did not list,
+        which of them made the list is an accident of their ids. ``count_at_least(queries, result.scores[:, -1]) - k``
+        says how many more items score exactly what the ``k``-th does (``pbeh search`` prints it).
+
+        Args:
+            query_codes: queries of one length (compared with each stored code on the common prefix, as ``search``).
+            min_score: one score for all queries, or one per query (``(len(query_codes),)``); NaN is refused.
+            score: the cross-length policy (default: the index's ``score``).
+
+        Returns:
+            ``int64 (len(query_codes),)``.
+
+        Example:
+            >>> from pbeh import Codes, TruncatedHammingIndex
+            >>> index = TruncatedHammingIndex(score="hamming")
+            >>> _ = index.add(Codes.from_bool([[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1]]))
+            >>> query = Codes.from_bool([[0, 0, 0, 0]])
+            >>> index.count_at_least(query, -0.0).tolist(), index.count_at_least(query, -2.0).tolist()
+            ([2], [3])
+        """
+        query_codes = check_codes(query_codes, "query_codes")
+        policy = self._score if score is None else check_choice(score, "score", SCORE_POLICIES, bracketed=False)
+        nq = len(query_codes)
+        try:
+            thresholds = np.broadcast_to(np.asarray(min_score, dtype=np.float64), (nq,))
+        except (TypeError, ValueError) as exc:
+            got = np.shape(min_score)
+            raise ValueError(f"min_score: expected a number or {nq} numbers (one per query), got shape {got}") from exc
+        if np.isnan(thresholds).any():
+            raise ValueError("min_score: expected numbers, got NaN")
+        counts = np.zeros(nq, dtype=np.int64)
+        if nq == 0:
+            return counts
+        segments, _, tables, *_ = self._plan(policy, query_codes.n_bits)
+        for seg, table in zip(segments, tables, strict=True):
+            # Every policy's score falls as the distance grows: the distances that reach a threshold are 0..d_max.
+            d_max = np.searchsorted(-table, -thresholds, side="right") - 1
+            if (d_max < 0).all():
+                continue
+            n_bytes = (seg.n_bits + 7) // 8
+            for block, _ in seg.blocks(1 << 16):
+                stored = Codes(np.ascontiguousarray(block[:, :n_bytes]), seg.n_bits)
+                counts += (query_codes.hamming(stored) <= d_max[:, None]).sum(axis=1)
+        return counts
+
     def _plan(self, policy: str, query_bits: int) -> tuple[list, tuple[int, ...], list, list, tuple, tuple]:
         """What a search with ``policy`` and ``query_bits``-bit queries needs besides the queries: the segments
         shortest first, the bits compared in each, their score tables (:meth:`_score_tables`), and the rank and
