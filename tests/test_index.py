@@ -200,6 +200,23 @@ def test_count_at_least_per_query_thresholds_ivf_and_bad_input():
         flat.count_at_least(query, 0.0, score="cosine")
 
 
+def test_count_at_least_in_small_blocks_equals_one_pass(monkeypatch):
+    """Stored codes read 7 rows at a time against 2 queries at a time: the same counts as one pass."""
+    from pbeh.index import _core
+
+    rng = np.random.default_rng(5)
+    index = TruncatedHammingIndex()
+    index.add(tie_heavy_codes(rng, 60, 20))
+    index.add(random_codes(rng, 45, 33))
+    query = random_codes(rng, 9, 33)
+    last = index.search(query, 12).scores[:, -1]
+    whole = index.count_at_least(query, last)
+    monkeypatch.setattr(_core, "_COUNT_BLOCK_ROWS", 7)
+    monkeypatch.setattr(_core, "_COUNT_QUERY_ROWS", 2)
+    np.testing.assert_array_equal(index.count_at_least(query, last), whole)
+    assert (whole >= 12).all()
+
+
 def test_one_query_with_many_candidates_takes_the_batch_merge(monkeypatch):
     """Above the candidate bound (k x segments) one query is merged like a batch; the results are the same."""
     from pbeh.index import _core

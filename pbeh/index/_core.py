@@ -408,9 +408,11 @@ class TruncatedHammingIndex:
             if (d_max < 0).all():
                 continue
             n_bytes = (seg.n_bits + 7) // 8
-            for block, _ in seg.blocks(1 << 16):
+            for block, _ in seg.blocks(_COUNT_BLOCK_ROWS):
                 stored = Codes(np.ascontiguousarray(block[:, :n_bytes]), seg.n_bits)
-                counts += (query_codes.hamming(stored) <= d_max[:, None]).sum(axis=1)
+                for start in range(0, nq, _COUNT_QUERY_ROWS):  # (queries x block) distances: 64 MiB at most
+                    rows = slice(start, start + _COUNT_QUERY_ROWS)
+                    counts[rows] += (query_codes[rows].hamming(stored) <= d_max[rows, None]).sum(axis=1)
         return counts
 
     def _plan(self, policy: str, query_bits: int) -> tuple[list, tuple[int, ...], list, list, tuple, tuple]:
@@ -643,6 +645,10 @@ class TruncatedHammingIndex:
             index._segments_changed()
         index._next_id = meta["next_id"]
         return index
+
+
+_COUNT_BLOCK_ROWS = 1 << 16  # count_at_least reads the stored codes this many rows at a time ...
+_COUNT_QUERY_ROWS = 256  # ... against this many queries: int32 distances of 64 MiB at most
 
 
 def _truncated_queries(query_codes: Codes, compared: int) -> np.ndarray:
