@@ -247,6 +247,35 @@ def test_clip_retriever_saves_its_encoder_and_loads_offline(clip_retriever, tmp_
     np.testing.assert_allclose(a.scores, b.scores)
 
 
+def test_pbeh_search_with_texts_and_images_on_a_saved_retriever(clip_retriever, tmp_path, capsys):
+    """`pbeh search FOLDER --text ... / --image ...` encodes with the saved encoder once and lists what
+    Retriever.search lists, with the count of unlisted items tied with the last one."""
+    import json
+
+    from pbeh.cli import main
+
+    folder = tmp_path / "r"
+    clip_retriever.save(folder)
+    image_path = tmp_path / "query.png"
+    random_images(1, seed=31)[0].save(image_path)
+    for flag, value, query in (("--text", "a small dog", {"text": ["a small dog"]}),
+                               ("--image", str(image_path), {"image": [str(image_path)]})):  # fmt: skip
+        assert main(["search", str(folder), flag, value, "--k", "4", "--json"]) == 0
+        entry = json.loads(capsys.readouterr().out)["queries"][0]
+        (hits,) = clip_retriever.search(**query, k=4)
+        assert [h["id"] for h in entry["hits"]] == hits.ids.tolist()
+        assert [h["score"] for h in entry["hits"]] == pytest.approx(hits.scores.tolist())
+        modality = flag[2:]
+        target = clip_retriever.image_index if modality == "text" else clip_retriever.text_index
+        feats = (
+            clip_retriever.encode_texts(query["text"])
+            if modality == "text"
+            else clip_retriever.encode_images(query["image"])
+        )
+        everything = target.search(clip_retriever.model.encode(feats, modality, role="query"), len(target))
+        assert entry["tied_unlisted"] == int((everything.scores[0, 4:] == hits.scores[-1]).sum())
+
+
 def test_clip_retriever_saved_without_encoder_needs_one(clip_retriever, clip, tmp_path):
     clip_retriever.save(tmp_path / "r", include_encoders=False)
     assert not (tmp_path / "r" / "encoder").exists()
