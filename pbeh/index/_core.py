@@ -365,8 +365,9 @@ class TruncatedHammingIndex:
         return SearchResult(ids, distances, scores, n_compared, policy)
 
     def count_at_least(self, query_codes: Codes, min_score: Any, *, score: str | None = None) -> np.ndarray:
-        """How many stored items score at least ``min_score`` for each query (exact for every backend: it reads every
-        stored code, at about 0.1 G comparisons per second).
+        """How many stored items score at least ``min_score`` for each query, exactly, for every backend: it reads
+        every stored code (numpy, one thread: about 25 ms per query over 1M codes of 32, 48 and 64 bits on a 2-core
+        x86 machine, against under 1 ms for a search).
 
         A search lists ``k`` items, ties by ascending id; when its ``k``-th score is shared by items it did not list,
         which of them made the list is an accident of their ids. ``count_at_least(queries, result.scores[:, -1]) - k``
