@@ -42,15 +42,16 @@ def search(args: argparse.Namespace) -> int:
     index = TruncatedHammingIndex.load(run.state / f"{other}_index.safetensors")
     feats = query_features(args, model.feature_dim(args.modality), "this run's model")
     codes = model.encode(torch.as_tensor(feats, dtype=torch.float32), args.modality, role="query")
-    result = index.search(codes, args.k)
+    result = index.search(codes, args.k + 1)  # one more than shown: it tells whether the last shown one is tied
     ties = unlisted_ties(index, codes, result.ids, result.scores)
     names = run.info.get("task_names") or run.task_names
     label_names = run.label_names
     queries: list[dict[str, Any]] = []
     for q in range(len(codes)):
         hits = []
-        tasks = run.task_of(result.ids[q])
-        for item, score, task in zip(result.ids[q].tolist(), result.scores[q].tolist(), tasks, strict=True):
+        shown_ids, shown_scores = result.ids[q, : args.k], result.scores[q, : args.k]
+        tasks = run.task_of(shown_ids)
+        for item, score, task in zip(shown_ids.tolist(), shown_scores.tolist(), tasks, strict=True):
             if int(item) == -1:
                 continue
             labels = run.labels_of(int(item))
@@ -81,13 +82,17 @@ def search(args: argparse.Namespace) -> int:
 
 
 def unlisted_ties(index: Any, codes: Any, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Per query, how many stored items the list left out that score exactly what its last item scores (0 when the
-    list is not full: then nothing was left out)."""
-    full = ids[:, -1] != -1
+    """Per query, how many stored items the list left out that score exactly what its last shown item scores.
+
+    ``ids`` and ``scores`` hold one result more than is shown: only where that extra result exists and ties with the
+    last shown one are the stored codes read (:meth:`~pbeh.index.TruncatedHammingIndex.count_at_least`); elsewhere
+    nothing tied was left out.
+    """
+    k = ids.shape[1] - 1
     ties = np.zeros(len(ids), dtype=np.int64)
-    if full.any():
-        rows = np.flatnonzero(full)
-        ties[rows] = index.count_at_least(codes[rows], scores[rows, -1]) - ids.shape[1]
+    rows = np.flatnonzero((ids[:, k] != -1) & (scores[:, k] == scores[:, k - 1]))
+    if len(rows):
+        ties[rows] = index.count_at_least(codes[rows], scores[rows, k - 1]) - k
     return ties
 
 
@@ -143,18 +148,22 @@ def search_retriever(args: argparse.Namespace) -> int:
     else:
         modality = args.modality
         feats = query_features(args, retriever.model.feature_dim(modality), "this Retriever's model")
-    results = retriever.search(**{f"{modality}_features": np.asarray(feats, dtype=np.float32)}, k=args.k)
+    # one result more than shown: it tells whether the last shown one is tied with items left out
+    results = retriever.search(**{f"{modality}_features": np.asarray(feats, dtype=np.float32)}, k=args.k + 1)
     other = "image" if modality == "text" else "text"
     codes = retriever.model.encode(torch.as_tensor(np.asarray(feats), dtype=torch.float32), modality, role="query")
-    ids = np.full((len(results), args.k), -1, dtype=np.int64)
-    scores = np.zeros((len(results), args.k))
+    ids = np.full((len(results), args.k + 1), -1, dtype=np.int64)
+    scores = np.zeros((len(results), args.k + 1))
     for q, hits in enumerate(results):
         ids[q, : len(hits.ids)], scores[q, : len(hits.ids)] = hits.ids, hits.scores
     ties = unlisted_ties(retriever.text_index if modality == "image" else retriever.image_index, codes, ids, scores)
     queries = [
         {
             "query": q,
-            "hits": [{"id": h.id, "score": h.score, "task_name": h.task, "metadata": h.metadata} for h in hits],
+            "hits": [
+                {"id": h.id, "score": h.score, "task_name": h.task, "metadata": h.metadata}
+                for h in list(hits)[: args.k]
+            ],
             "tied_unlisted": int(ties[q]),
         }
         for q, hits in enumerate(results)
